@@ -1,0 +1,1 @@
+"""Numerical gradients (placeholder: being written)."""

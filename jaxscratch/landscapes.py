@@ -1,0 +1,1 @@
+"""2-D test functions (placeholder: being written)."""

@@ -1,0 +1,546 @@
+"""Optimizers as ``(init, update)`` pairs over any pytree, with optax's call signature.
+
+Contract:
+  * ``opt = sgd(...)`` etc. returns an :class:`Optimizer`, a NamedTuple of two pure
+    functions: ``state = opt.init(params)`` and
+    ``updates, state = opt.update(grads, state, params=None)``. ``apply_updates(params,
+    updates)`` adds the updates, keeping each leaf's dtype.
+  * ``init`` accepts any pytree, an empty one included. ``update`` returns ``updates`` with
+    the tree structure, shapes and dtypes of ``grads``; ``apply_updates(p, zeros) == p``.
+  * Every state is a NamedTuple pytree whose first field is its own step ``count`` (int32,
+    0 before the first update); a learning-rate schedule is evaluated at that count.
+  * The shape of the interface is optax's, so our optimizers work inside ``optax.chain``,
+    optax's transformations work inside :func:`chain`, and ``optax.tree_utils`` reads our
+    states, all without this module importing optax.
+
+Where hyperparameters live: in the closure. A Python float is a compile-time constant
+(changing it means a new trace); a JAX scalar, possibly a tracer, is an ordinary input,
+so build the optimizer inside the function you ``jit`` or ``vmap`` and pass the value as
+an argument: one compiled program then serves every value. A callable is a schedule
+``count -> value``. :func:`inject_hyperparams` moves the numbers into the state instead,
+for code that wants to change them between steps of an already-compiled ``update``.
+Range checks (``learning_rate >= 0``, ``0 <= b1 < 1``, ...) run on concrete values only, so
+they never break tracing.
+
+Defaults are the textbook's (Deep Learning from Scratch, ``common/optimizer.py``): its
+learning rates, momentum 0.9, RMSprop decay 0.99, ``eps = 1e-7`` added *after* the square
+root, AdaGrad's accumulator starting at 0. See ``docs/optimizers.md`` for the table of
+update rules, defaults and the optax call that reproduces each one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "Optimizer", "apply_updates", "chain", "add_decayed_weights", "clip_by_global_norm",
+    "inject_hyperparams", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
+    "adamw", "nadam", "adamax", "lion", "adadelta", "OPTIMIZERS",
+]
+
+
+class Optimizer(NamedTuple):
+    """A pair of pure functions ``init(params) -> state`` and
+    ``update(grads, state, params=None) -> (updates, state)``."""
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+
+
+# ---------------------------------------------------------------- states
+class CountState(NamedTuple):
+    count: jax.Array
+
+
+class MomentumState(NamedTuple):
+    count: jax.Array
+    velocity: Any  # v = momentum * v - lr * g, the textbook's velocity
+
+
+class TraceState(NamedTuple):
+    count: jax.Array
+    trace: Any  # t = g + momentum * t, in gradient units (lr applied outside)
+
+
+class AdagradState(NamedTuple):
+    count: jax.Array
+    sum_of_squares: Any
+
+
+class RmspropState(NamedTuple):
+    count: jax.Array
+    nu: Any
+
+
+class AdamState(NamedTuple):
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+class LionState(NamedTuple):
+    count: jax.Array
+    mu: Any
+
+
+class AdadeltaState(NamedTuple):
+    count: jax.Array
+    e_g: Any
+    e_x: Any
+
+
+class InjectState(NamedTuple):
+    count: jax.Array
+    hyperparams: dict
+    inner_state: Any
+
+
+# ---------------------------------------------------------------- helpers
+def _check(name: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False) -> None:
+    """Range-check a hyperparameter if it is concrete; schedules and tracers pass."""
+    if callable(value):
+        return
+    if isinstance(value, jax.core.Tracer):
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(value)}")
+        return
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a number, a JAX scalar or a schedule; got {type(value).__name__}"
+        ) from None
+    if v != v:
+        raise ValueError(f"{name} must not be NaN")
+    ok = True
+    if lo is not None:
+        ok &= v > lo if lo_open else v >= lo
+    if hi is not None:
+        ok &= v < hi if hi_open else v <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        raise ValueError(f"{name} must be in {left}{lo_s}, {hi_s}{right}; got {value}")
+
+
+def _at(value, count):
+    """A hyperparameter's value at step ``count``: schedules are called, numbers pass."""
+    return value(count) if callable(value) else value
+
+
+def _as(x, like: jax.Array) -> jax.Array:
+    """``x`` in ``like``'s dtype, so strict dtype promotion holds and dtypes are kept."""
+    return jnp.asarray(x).astype(jnp.result_type(like))
+
+
+def _zeros_count() -> jax.Array:
+    return jnp.zeros([], jnp.int32)
+
+
+def _increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the int32 maximum instead of wrapping."""
+    top = jnp.iinfo(jnp.int32).max
+    return jnp.where(count < top, count + 1, top)
+
+
+def _zeros_like(tree, fill=0.0):
+    return jax.tree.map(lambda x: jnp.full_like(x, fill), tree)
+
+
+def _resolve_mask(mask, params):
+    """``None`` -> every leaf; a callable -> ``mask(params)``; else a pytree of bools."""
+    if mask is None:
+        return jax.tree.map(lambda _: True, params)
+    return mask(params) if callable(mask) else mask
+
+
+def _need_params(params, who: str):
+    if params is None:
+        raise ValueError(f"{who} needs params: call update(grads, state, params)")
+
+
+def apply_updates(params, updates):
+    """``params + updates`` leaf by leaf, each result in its parameter's dtype."""
+    return jax.tree.map(
+        lambda p, u: None if p is None else jnp.asarray(p + u).astype(jnp.result_type(p)),
+        params, updates, is_leaf=lambda x: x is None,
+    )
+
+
+# ---------------------------------------------------------------- composition
+def chain(*transforms) -> Optimizer:
+    """Apply ``transforms`` in order; the state is the tuple of their states (as optax's)."""
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(grads, state, params=None):
+        if len(state) != len(transforms):
+            raise ValueError(f"chain of {len(transforms)} transforms got a state of length {len(state)}")
+        new_states = []
+        for t, s in zip(transforms, state):
+            grads, s = t.update(grads, s, params)
+            new_states.append(s)
+        return grads, tuple(new_states)
+
+    return Optimizer(init, update)
+
+
+def add_decayed_weights(weight_decay=0.0, mask=None) -> Optimizer:
+    """``u + weight_decay * p`` on masked leaves (``mask=None``: every leaf).
+
+    The textbook's L2 decay on weights only is ``mask=nn.weights_mask``.
+    """
+    _check("weight_decay", weight_decay, 0)
+
+    def update(grads, state, params=None):
+        _need_params(params, "add_decayed_weights")
+        wd = _at(weight_decay, state.count)
+        m = _resolve_mask(mask, params)
+        out = jax.tree.map(lambda g, p, keep: g + _as(wd, g) * p if keep else g, grads, params, m)
+        return out, CountState(_increment(state.count))
+
+    return Optimizer(lambda params: CountState(_zeros_count()), update)
+
+
+def clip_by_global_norm(max_norm) -> Optimizer:
+    """Rescale all updates together so their global L2 norm is at most ``max_norm``."""
+    _check("max_norm", max_norm, 0, lo_open=True)
+
+    def update(grads, state, params=None):
+        leaves = jax.tree.leaves(grads)
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves)) if leaves else 0.0
+        limit = _at(max_norm, state.count)
+        scale = jnp.where(norm < limit, 1.0, limit / jnp.where(norm == 0, 1.0, norm))
+        return jax.tree.map(lambda g: g * _as(scale, g), grads), CountState(_increment(state.count))
+
+    return Optimizer(lambda params: CountState(_zeros_count()), update)
+
+
+def inject_hyperparams(factory: Callable[..., Optimizer]) -> Callable[..., Optimizer]:
+    """Wrap an optimizer factory so its numeric hyperparameters live in the state.
+
+    ``opt = inject_hyperparams(adam)(learning_rate=1e-3)``; then
+    ``state.hyperparams["learning_rate"]`` can be read or replaced between steps with no
+    recompilation, and vmapped over. Schedules are evaluated at each step and their current
+    value stored; booleans and other non-numbers stay static keyword arguments.
+    """
+
+    def wrapped(**kwargs) -> Optimizer:
+        factory(**kwargs)  # validate concrete values once, up front
+        numeric = {k: v for k, v in kwargs.items()
+                   if callable(v) or (not isinstance(v, bool) and isinstance(v, (int, float, jax.Array)))}
+        static = {k: v for k, v in kwargs.items() if k not in numeric}
+
+        def values(count):
+            return {k: jnp.asarray(_at(v, count), jnp.result_type(float)) for k, v in numeric.items()}
+
+        def init(params):
+            hp = values(jnp.zeros([], jnp.int32))
+            return InjectState(_zeros_count(), hp, factory(**static, **hp).init(params))
+
+        def update(grads, state, params=None):
+            hp = {k: (values(state.count)[k] if callable(numeric[k]) else state.hyperparams[k])
+                  for k in numeric}
+            updates, inner = factory(**static, **hp).update(grads, state.inner_state, params)
+            return updates, InjectState(_increment(state.count), hp, inner)
+
+        return Optimizer(init, update)
+
+    return wrapped
+
+
+# ---------------------------------------------------------------- optimizers
+def sgd(learning_rate=0.01) -> Optimizer:
+    r"""Stochastic gradient descent: :math:`W \leftarrow W - \eta g`.
+
+    optax: ``optax.sgd(learning_rate)``.
+
+    >>> opt = sgd(0.1); p = {"w": jnp.ones(2)}
+    >>> u, s = opt.update({"w": jnp.ones(2)}, opt.init(p))
+    >>> apply_updates(p, u)["w"].tolist()
+    [0.8999999761581421, 0.8999999761581421]
+    """
+    _check("learning_rate", learning_rate, 0)
+
+    def update(grads, state, params=None):
+        lr = _at(learning_rate, state.count)
+        return jax.tree.map(lambda g: -_as(lr, g) * g, grads), CountState(_increment(state.count))
+
+    return Optimizer(lambda params: CountState(_zeros_count()), update)
+
+
+def momentum(learning_rate=0.01, momentum=0.9) -> Optimizer:
+    r"""Momentum SGD, the textbook's form with the learning rate inside the velocity.
+
+    .. math:: v \leftarrow \mu v - \eta_t g, \qquad W \leftarrow W + v
+
+    (:math:`\mu` = ``momentum``, :math:`\eta_t` = ``learning_rate`` at ``count``.)
+    optax: ``optax.chain(optax.scale_by_learning_rate(lr), optax.trace(momentum))``; equal to
+    ``optax.sgd(lr, momentum=momentum)`` only for a constant learning rate.
+    """
+    _check("learning_rate", learning_rate, 0)
+    _check("momentum", momentum, 0, 1, hi_open=True)
+
+    def init(params):
+        return MomentumState(_zeros_count(), _zeros_like(params))
+
+    def update(grads, state, params=None):
+        lr, mu = _at(learning_rate, state.count), _at(momentum, state.count)
+        v = jax.tree.map(lambda g, v: _as(mu, g) * v - _as(lr, g) * g, grads, state.velocity)
+        return v, MomentumState(_increment(state.count), v)
+
+    return Optimizer(init, update)
+
+
+def nesterov(learning_rate=0.01, momentum=0.9) -> Optimizer:
+    r"""Nesterov's accelerated gradient in the textbook's (corrected) order.
+
+    .. math:: t \leftarrow g + \mu t, \qquad W \leftarrow W - \eta_t (g + \mu t)
+
+    With a constant :math:`\eta` and :math:`v = -\eta t` this is the book's
+    ``W += m*m*v - (1+m)*lr*g; v = m*v - lr*g``. optax:
+    ``optax.sgd(lr, momentum=momentum, nesterov=True)``.
+    """
+    _check("learning_rate", learning_rate, 0)
+    _check("momentum", momentum, 0, 1, hi_open=True)
+
+    def init(params):
+        return TraceState(_zeros_count(), _zeros_like(params))
+
+    def update(grads, state, params=None):
+        lr, mu = _at(learning_rate, state.count), _at(momentum, state.count)
+        t = jax.tree.map(lambda g, t: g + _as(mu, g) * t, grads, state.trace)
+        u = jax.tree.map(lambda g, t: -_as(lr, g) * (g + _as(mu, g) * t), grads, t)
+        return u, TraceState(_increment(state.count), t)
+
+    return Optimizer(init, update)
+
+
+def adagrad(learning_rate=0.01, initial_accumulator_value=0.0, eps=1e-7, *, eps_in_sqrt=False) -> Optimizer:
+    r"""AdaGrad: :math:`h \leftarrow h + g^2`, :math:`W \leftarrow W - \eta g / (\sqrt{h} + \epsilon)`.
+
+    ``eps_in_sqrt=True`` uses :math:`g / \sqrt{h + \epsilon}` (zero where :math:`h = 0`),
+    which is ``optax.adagrad(lr, initial_accumulator_value, eps)``; the default is the book's.
+    """
+    _check("learning_rate", learning_rate, 0)
+    _check("initial_accumulator_value", initial_accumulator_value, 0)
+    _check("eps", eps, 0)
+
+    def init(params):
+        return AdagradState(_zeros_count(), _zeros_like(params, initial_accumulator_value))
+
+    def update(grads, state, params=None):
+        lr = _at(learning_rate, state.count)
+        h = jax.tree.map(lambda g, h: h + g * g, grads, state.sum_of_squares)
+
+        def step(g, h):
+            e = _as(eps, g)
+            scaled = (jnp.where(h > 0, jax.lax.rsqrt(h + e), 0) * g) if eps_in_sqrt else g / (jnp.sqrt(h) + e)
+            return -_as(lr, g) * scaled
+
+        return jax.tree.map(step, grads, h), AdagradState(_increment(state.count), h)
+
+    return Optimizer(init, update)
+
+
+def rmsprop(learning_rate=0.01, decay=0.99, eps=1e-7, *, initial_scale=0.0, eps_in_sqrt=False) -> Optimizer:
+    r"""RMSprop: :math:`h \leftarrow \rho h + (1-\rho) g^2`, :math:`W \leftarrow W - \eta g / (\sqrt{h} + \epsilon)`.
+
+    (:math:`\rho` = ``decay``.) ``eps_in_sqrt=True`` uses :math:`g / \sqrt{h + \epsilon}`.
+    optax: ``optax.rmsprop(lr, decay=decay, eps=eps, initial_scale=initial_scale,
+    eps_in_sqrt=eps_in_sqrt)``.
+    """
+    _check("learning_rate", learning_rate, 0)
+    _check("decay", decay, 0, 1)
+    _check("eps", eps, 0)
+    _check("initial_scale", initial_scale, 0)
+
+    def init(params):
+        return RmspropState(_zeros_count(), _zeros_like(params, initial_scale))
+
+    def update(grads, state, params=None):
+        lr, d = _at(learning_rate, state.count), _at(decay, state.count)
+        nu = jax.tree.map(lambda g, n: (1 - _as(d, g)) * g * g + _as(d, g) * n, grads, state.nu)
+
+        def step(g, n):
+            e = _as(eps, g)
+            scaled = g * jax.lax.rsqrt(n + e) if eps_in_sqrt else g / (jnp.sqrt(n) + e)
+            return -_as(lr, g) * scaled
+
+        return jax.tree.map(step, grads, nu), RmspropState(_increment(state.count), nu)
+
+    return Optimizer(init, update)
+
+
+def _adam_family(learning_rate, b1, b2, eps, eps_root, fold_bias_correction, nesterov_momentum,
+                 weight_decay, mask) -> Optimizer:
+    _check("learning_rate", learning_rate, 0)
+    _check("b1", b1, 0, 1, hi_open=True)
+    _check("b2", b2, 0, 1, hi_open=True)
+    _check("eps", eps, 0)
+    _check("eps_root", eps_root, 0)
+    if weight_decay is not None:
+        _check("weight_decay", weight_decay, 0)
+    if fold_bias_correction and nesterov_momentum:
+        raise ValueError("fold_bias_correction applies to Adam's update, not to NAdam's")
+
+    def init(params):
+        return AdamState(_zeros_count(), _zeros_like(params), _zeros_like(params))
+
+    def update(grads, state, params=None):
+        count = _increment(state.count)
+        lr, wd = _at(learning_rate, state.count), _at(weight_decay, state.count)
+        beta1, beta2 = _at(b1, state.count), _at(b2, state.count)
+        mu = jax.tree.map(lambda g, m: (1 - _as(beta1, g)) * g + _as(beta1, g) * m, grads, state.mu)
+        nu = jax.tree.map(lambda g, v: (1 - _as(beta2, g)) * g * g + _as(beta2, g) * v, grads, state.nu)
+
+        def step(g, m, v):
+            t, c1, c2 = count.astype(g.dtype), _as(beta1, g), _as(beta2, g)
+            bc1, bc2 = 1 - c1**t, 1 - c2**t
+            if fold_bias_correction:  # the book's lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)
+                return jnp.sqrt(bc2) / bc1 * m / (jnp.sqrt(v + _as(eps_root, g)) + _as(eps, g))
+            if nesterov_momentum:  # Dozat's NAdam, as optax.nadam
+                m_hat = c1 * m / (1 - c1 ** (t + 1)) + (1 - c1) * g / bc1
+            else:
+                m_hat = m / bc1
+            return m_hat / (jnp.sqrt(v / bc2 + _as(eps_root, g)) + _as(eps, g))
+
+        u = jax.tree.map(step, grads, mu, nu)
+        if weight_decay is not None:
+            _need_params(params, "adamw")
+            keep = _resolve_mask(mask, params)
+            u = jax.tree.map(lambda u, p, k: u + _as(wd, u) * p if k else u, u, params, keep)
+        u = jax.tree.map(lambda u: -_as(lr, u) * u, u)
+        return u, AdamState(count, mu, nu)
+
+    return Optimizer(init, update)
+
+
+def adam(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, *, eps_root=0.0,
+         fold_bias_correction=False) -> Optimizer:
+    r"""Adam (Kingma & Ba 2015, Algorithm 1).
+
+    .. math:: m \leftarrow \beta_1 m + (1-\beta_1) g,\quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,\quad
+              W \leftarrow W - \eta\, \hat m / (\sqrt{\hat v + \epsilon_{root}} + \epsilon)
+
+    with :math:`\hat m = m / (1-\beta_1^t)`, :math:`\hat v = v / (1-\beta_2^t)`. optax:
+    ``optax.adam(lr, b1, b2, eps, eps_root=eps_root)``. ``fold_bias_correction=True`` is the
+    textbook's form, :math:`W \leftarrow W - \eta_t m / (\sqrt{v} + \epsilon)` with
+    :math:`\eta_t = \eta \sqrt{1-\beta_2^t} / (1-\beta_1^t)`; it equals Algorithm 1 with
+    :math:`\epsilon` scaled by :math:`\sqrt{1-\beta_2^t}`.
+    """
+    return _adam_family(learning_rate, b1, b2, eps, eps_root, fold_bias_correction, False, None, None)
+
+
+def adamw(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, weight_decay=1e-4, *, eps_root=0.0,
+          mask=None, fold_bias_correction=False) -> Optimizer:
+    r"""AdamW: Adam with decoupled weight decay, :math:`W \leftarrow W - \eta(\text{adam} + \lambda W)`.
+
+    Not the book's weight decay (that is an L2 loss term, coupled through the gradient).
+    ``mask`` (None: every leaf) picks the decayed leaves. optax: ``optax.adamw(lr, b1, b2,
+    eps, eps_root=eps_root, weight_decay=weight_decay, mask=mask)``.
+    """
+    return _adam_family(learning_rate, b1, b2, eps, eps_root, fold_bias_correction, False, weight_decay, mask)
+
+
+def nadam(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, *, eps_root=0.0) -> Optimizer:
+    r"""NAdam (Dozat 2016): Adam with :math:`\hat m = \beta_1 m/(1-\beta_1^{t+1}) + (1-\beta_1) g/(1-\beta_1^t)`.
+
+    optax: ``optax.nadam(lr, b1, b2, eps, eps_root=eps_root)``.
+    """
+    return _adam_family(learning_rate, b1, b2, eps, eps_root, False, True, None, None)
+
+
+def adamax(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-7) -> Optimizer:
+    r"""Adamax: :math:`u \leftarrow \max(|g| + \epsilon, \beta_2 u)`, :math:`W \leftarrow W - \eta \hat m / u`.
+
+    optax: ``optax.adamax(lr, b1, b2, eps)`` (whose eps sits inside the max, as here).
+    """
+    _check("learning_rate", learning_rate, 0)
+    _check("b1", b1, 0, 1, hi_open=True)
+    _check("b2", b2, 0, 1, hi_open=True)
+    _check("eps", eps, 0)
+
+    def init(params):
+        return AdamState(_zeros_count(), _zeros_like(params), _zeros_like(params))
+
+    def update(grads, state, params=None):
+        count = _increment(state.count)
+        lr, beta1, beta2 = (_at(v, state.count) for v in (learning_rate, b1, b2))
+        mu = jax.tree.map(lambda g, m: (1 - _as(beta1, g)) * g + _as(beta1, g) * m, grads, state.mu)
+        nu = jax.tree.map(lambda g, v: jnp.maximum(jnp.abs(g) + _as(eps, g), _as(beta2, g) * v), grads, state.nu)
+        u = jax.tree.map(
+            lambda m, v: -_as(lr, m) * (m / (1 - _as(beta1, m) ** count.astype(m.dtype))) / v, mu, nu)
+        return u, AdamState(count, mu, nu)
+
+    return Optimizer(init, update)
+
+
+def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=1e-3, *, mask=None) -> Optimizer:
+    r"""Lion (Chen et al. 2023): :math:`W \leftarrow W - \eta(\mathrm{sign}(\beta_1 m + (1-\beta_1) g) + \lambda W)`,
+    then :math:`m \leftarrow \beta_2 m + (1-\beta_2) g`.
+
+    optax: ``optax.lion(lr, b1, b2, weight_decay, mask=mask)``.
+    """
+    _check("learning_rate", learning_rate, 0)
+    _check("b1", b1, 0, 1)
+    _check("b2", b2, 0, 1)
+    _check("weight_decay", weight_decay, 0)
+
+    def update(grads, state, params=None):
+        lr, wd = _at(learning_rate, state.count), _at(weight_decay, state.count)
+        c1, c2 = _at(b1, state.count), _at(b2, state.count)
+        u = jax.tree.map(lambda g, m: jnp.sign((1 - _as(c1, g)) * g + _as(c1, g) * m), grads, state.mu)
+        mu = jax.tree.map(lambda g, m: (1 - _as(c2, g)) * g + _as(c2, g) * m, grads, state.mu)
+        _need_params(params, "lion")
+        keep = _resolve_mask(mask, params)
+        u = jax.tree.map(lambda u, p, k: -_as(lr, u) * (u + _as(wd, u) * p if k else u), u, params, keep)
+        return u, LionState(_increment(state.count), mu)
+
+    return Optimizer(lambda params: LionState(_zeros_count(), _zeros_like(params)), update)
+
+
+def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, mask=None) -> Optimizer:
+    r"""Adadelta (Zeiler 2012): :math:`E_g \leftarrow \rho E_g + (1-\rho) g^2`,
+    :math:`\Delta = \sqrt{E_x + \epsilon} / \sqrt{E_g + \epsilon}\, g`,
+    :math:`E_x \leftarrow \rho E_x + (1-\rho) \Delta^2`, :math:`W \leftarrow W - \eta \Delta`.
+
+    ``weight_decay`` adds :math:`\lambda W` to the gradient first. optax:
+    ``optax.adadelta(lr, rho, eps, weight_decay, weight_decay_mask=mask)``.
+    """
+    _check("learning_rate", learning_rate, 0)
+    _check("rho", rho, 0, 1)
+    _check("eps", eps, 0)
+    _check("weight_decay", weight_decay, 0)
+
+    def init(params):
+        return AdadeltaState(_zeros_count(), _zeros_like(params), _zeros_like(params))
+
+    def update(grads, state, params=None):
+        lr, r, wd = (_at(v, state.count) for v in (learning_rate, rho, weight_decay))
+        if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+            _need_params(params, "adadelta with weight_decay")
+            keep = _resolve_mask(mask, params)
+            grads = jax.tree.map(lambda g, p, k: g + _as(wd, g) * p if k else g, grads, params, keep)
+        e_g = jax.tree.map(lambda g, e: (1 - _as(r, g)) * g * g + _as(r, g) * e, grads, state.e_g)
+        delta = jax.tree.map(
+            lambda g, eg, ex: jnp.sqrt(ex + _as(eps, g)) / jnp.sqrt(eg + _as(eps, g)) * g, grads, e_g, state.e_x)
+        e_x = jax.tree.map(lambda d, e: (1 - _as(r, d)) * d * d + _as(r, d) * e, delta, state.e_x)
+        u = jax.tree.map(lambda d: -_as(lr, d) * d, delta)
+        return u, AdadeltaState(_increment(state.count), e_g, e_x)
+
+    return Optimizer(init, update)
+
+
+#: Every optimizer by name, for command lines and sweeps.
+OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+    "sgd": sgd, "momentum": momentum, "nesterov": nesterov, "adagrad": adagrad,
+    "rmsprop": rmsprop, "adam": adam, "adamw": adamw, "nadam": nadam, "adamax": adamax,
+    "lion": lion, "adadelta": adadelta,
+}
