@@ -36,12 +36,12 @@ def load_digits(seed=0):
     return x[train], y[train], x[test], y[test]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="300 steps (for tests)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     steps = 300 if args.quick else args.steps
 
     x_train, y_train, x_test, y_test = load_digits(args.seed)
