@@ -1,11 +1,13 @@
 """jaxscratch: a pure-functional JAX training library for *Deep Learning from Scratch*.
 
-Modules (imports point one way, downward): ``nn`` (MLP init and forward), ``losses``,
-``optim`` (optimizers as ``(init, update)`` pairs), ``schedules``, ``gradcheck``
-(numerical gradients), ``landscapes`` (2-D test functions and optimizer paths).
+Modules (imports point one way, downward): ``cli`` -> ``train`` (+ ``checkpoint``) -> ``nn``,
+``losses``, ``optim`` (optimizers as ``(init, update)`` pairs), ``schedules``, ``data``;
+``gradcheck`` (numerical gradients) and ``landscapes`` (2-D test functions, optimizer paths)
+sit beside ``train``; ``plot`` (matplotlib) is imported only on demand.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from jaxscratch import gradcheck, landscapes, losses, nn, optim, schedules
+from jaxscratch import checkpoint, data, gradcheck, landscapes, losses, nn, optim, schedules, train
 
-__all__ = ["__version__", "gradcheck", "landscapes", "losses", "nn", "optim", "schedules"]
+__all__ = ["__version__", "checkpoint", "data", "gradcheck", "landscapes", "losses", "nn", "optim",
+           "schedules", "train"]

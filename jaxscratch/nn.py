@@ -9,10 +9,23 @@ Contract:
     logits ``(..., n_out)``: affine -> activation for each hidden layer, then a final
     affine with no activation (softmax lives in the loss).
   * ``weights_mask(params)`` is a pytree of bools, True exactly on the weight matrices
-    ``"w"``: the textbook's weight decay touches weights only, never biases (nor, later,
-    batch-norm gamma and beta).
+    ``"w"``: the textbook's weight decay touches weights only, never biases nor batch-norm
+    ``gamma`` and ``beta``.
+  * Batch norm and dropout (the book's ``MultiLayerNetExtend``): ``init_mlp(...,
+    batchnorm=True)`` adds ``gamma`` (ones) and ``beta`` (zeros) to every hidden layer;
+    ``init_bn_state(params)`` gives the running statistics (zeros, as the book), one
+    ``{"mean", "var"}`` per hidden layer. ``apply(params, x, state=..., train=..., key=...,
+    drop_rate=...)`` returns ``(logits, new_state)``: affine -> [batch norm] -> activation ->
+    [dropout] per hidden layer. In training mode batch norm normalises with the batch's mean
+    and biased variance and returns updated running statistics
+    (``running = momentum * running + (1 - momentum) * batch``); in evaluation mode it uses the
+    running statistics and returns the state unchanged. Dropout drops each unit with
+    probability ``drop_rate``: ``"inverted"`` (default) scales kept units by
+    ``1 / (1 - drop_rate)`` at training time and does nothing at test time; ``"textbook"``
+    keeps units unscaled in training and multiplies by ``1 - drop_rate`` at test time. Both
+    have the same expected activation.
 
-Nothing here knows about training: no optimizer, no loss, no mutable state.
+Nothing here knows about training: no optimizer, no loss; state goes in and comes out.
 """
 from __future__ import annotations
 
@@ -21,7 +34,12 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ACTIVATIONS", "init_mlp", "mlp", "weight_scale", "weights_mask"]
+__all__ = ["ACTIVATIONS", "DROPOUT_MODES", "apply", "batch_norm", "dropout", "init_bn_state",
+           "init_mlp", "mlp", "weight_scale", "weights_mask"]
+
+DROPOUT_MODES = ("inverted", "textbook")
+BN_EPS = 1e-6         # the book writes 10e-7
+BN_MOMENTUM = 0.9     # the book's running-average momentum
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -66,6 +84,7 @@ def init_mlp(
     sizes: Sequence[int],
     *,
     weight_init: str | float = "he",
+    batchnorm: bool = False,
     dtype=jnp.float32,
 ) -> list[dict[str, jax.Array]]:
     """Initialise the weights and biases of an MLP.
@@ -74,10 +93,12 @@ def init_mlp(
       key: a PRNG key; split once per layer, never reused.
       sizes: layer widths including input and output, e.g. ``(784, 100, 100, 10)``.
       weight_init: ``"he"``, ``"xavier"`` or a number (the standard deviation).
+      batchnorm: add batch-norm ``gamma`` (ones) and ``beta`` (zeros) to each hidden layer.
       dtype: floating dtype of every parameter.
 
     Returns:
-      A list of ``{"w": (n_in, n_out), "b": (n_out,)}`` dicts, one per affine layer.
+      A list of ``{"w": (n_in, n_out), "b": (n_out,)}`` dicts, one per affine layer (hidden
+      layers also hold ``"gamma"`` and ``"beta"`` of shape ``(n_out,)`` with ``batchnorm``).
 
     >>> params = init_mlp(jax.random.key(0), (4, 3, 2))
     >>> [p["w"].shape for p in params]
@@ -97,7 +118,24 @@ def init_mlp(
         std = weight_scale(weight_init, n_in)
         w = std * jax.random.normal(k, (n_in, n_out), dtype)  # (n_in, n_out)
         params.append({"w": w, "b": jnp.zeros((n_out,), dtype)})
+    if batchnorm:
+        for layer in params[:-1]:
+            layer["gamma"] = jnp.ones_like(layer["b"])
+            layer["beta"] = jnp.zeros_like(layer["b"])
     return params
+
+
+def init_bn_state(params) -> list[dict[str, jax.Array] | None]:
+    """Running batch-norm statistics for ``params``: zeros (as the book), ``None`` for layers
+    without batch norm. A plain MLP gets a list of ``None``s, which is an empty pytree."""
+    return [
+        {"mean": jnp.zeros_like(layer["b"]), "var": jnp.zeros_like(layer["b"])} if "gamma" in layer else None
+        for layer in params
+    ]
+
+
+def _has_batchnorm(params) -> bool:
+    return any("gamma" in layer for layer in params)
 
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -109,8 +147,24 @@ def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
         ) from None
 
 
+def _row(v: jax.Array, like: jax.Array) -> jax.Array:
+    """``v`` of shape ``(n,)`` reshaped to broadcast against ``like`` of shape ``(..., n)``
+    (explicitly: the tests make implicit rank promotion an error)."""
+    return v.reshape((1,) * (like.ndim - 1) + (-1,))
+
+
+def _check_input(params, x) -> None:
+    if len(params) == 0:
+        raise ValueError("params holds no layer")
+    n_in = params[0]["w"].shape[0]
+    if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != n_in:
+        raise ValueError(
+            f"x must have shape (..., {n_in}) to match the first layer; got {jnp.shape(x)}"
+        )
+
+
 def mlp(params: Sequence[dict[str, jax.Array]], x: jax.Array, *, activation: str = "relu") -> jax.Array:
-    """Logits of an MLP for a batch.
+    """Logits of a plain MLP for a batch (for batch norm or dropout, use :func:`apply`).
 
     Args:
       params: as returned by :func:`init_mlp`.
@@ -121,20 +175,101 @@ def mlp(params: Sequence[dict[str, jax.Array]], x: jax.Array, *, activation: str
       Logits of shape ``(..., n_out)``.
     """
     act = _activation(activation)
-    if len(params) == 0:
-        raise ValueError("params holds no layer")
-    n_in = params[0]["w"].shape[0]
-    if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != n_in:
+    _check_input(params, x)
+    if _has_batchnorm(params):
         raise ValueError(
-            f"x must have shape (..., {n_in}) to match the first layer; got {jnp.shape(x)}"
+            "params hold batch-norm layers, which need running statistics: use "
+            "nn.apply(params, x, state=bn_state, train=False)"
         )
     h = x
     for i, layer in enumerate(params):
-        b = layer["b"].reshape((1,) * (h.ndim - 1) + (-1,))  # explicit broadcast: rank promotion may raise
-        h = h @ layer["w"] + b  # (..., n_out of layer i)
+        h = h @ layer["w"] + _row(layer["b"], h)  # (..., n_out of layer i)
         if i < len(params) - 1:
             h = act(h)
     return h
+
+
+def batch_norm(x, gamma, beta, running, *, train: bool, momentum=BN_MOMENTUM, eps=BN_EPS):
+    """Batch normalisation over axis 0 of ``x`` ``(batch, n)``; returns ``(y, new_running)``.
+
+    ``train``: normalise with the batch mean and biased variance, update the running averages.
+    Otherwise: normalise with ``running["mean"]`` and ``running["var"]``, unchanged.
+    """
+    if train:
+        if x.ndim != 2:
+            raise ValueError(f"batch norm in training mode needs x of shape (batch, n); got {x.shape}")
+        mean = jnp.mean(x, axis=0)
+        var = jnp.mean((x - _row(mean, x)) ** 2, axis=0)  # biased, as the book
+        new = {"mean": momentum * running["mean"] + (1 - momentum) * mean,
+               "var": momentum * running["var"] + (1 - momentum) * var}
+    else:
+        mean, var, new = running["mean"], running["var"], running
+    xn = (x - _row(mean, x)) / _row(jnp.sqrt(var + eps), x)
+    return _row(gamma, x) * xn + _row(beta, x), new
+
+
+def dropout(x, drop_rate, *, key=None, train: bool, mode: str = "inverted"):
+    """Drop each entry of ``x`` with probability ``drop_rate`` (a float or traced scalar).
+
+    ``mode="inverted"``: kept entries are scaled by ``1 / (1 - drop_rate)`` in training; the
+    identity at test time. ``mode="textbook"``: kept entries unscaled in training; ``x * (1 -
+    drop_rate)`` at test time. ``key`` is needed in training.
+    """
+    if mode not in DROPOUT_MODES:
+        raise ValueError(f"dropout mode must be one of {list(DROPOUT_MODES)}; got {mode!r}")
+    if isinstance(drop_rate, (int, float)) and not 0 <= drop_rate < 1:
+        raise ValueError(f"drop_rate (probability of dropping) must be in [0, 1); got {drop_rate}")
+    keep = 1 - jnp.asarray(drop_rate, x.dtype)
+    if not train:
+        return x if mode == "inverted" else x * keep
+    if key is None:
+        raise ValueError("dropout in training mode needs a PRNG key: pass key=...")
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    kept = jnp.where(mask, x, jnp.zeros_like(x))
+    return kept / keep if mode == "inverted" else kept
+
+
+def apply(params, x, *, state=None, train: bool = False, key=None, activation: str = "relu",
+          drop_rate=0.0, dropout_mode: str = "inverted", bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS):
+    """The book's ``MultiLayerNetExtend`` forward pass, with explicit batch-norm state.
+
+    Args:
+      params: from :func:`init_mlp` (with or without ``batchnorm``).
+      x: inputs ``(batch, n_in)``.
+      state: running statistics from :func:`init_bn_state` (needed when params use batch norm).
+      train: training mode (batch statistics, dropout active) or evaluation mode.
+      key: PRNG key for dropout in training; layer ``i`` uses ``fold_in(key, i)``.
+      activation: ``"relu"``, ``"sigmoid"`` or ``"tanh"``.
+      drop_rate: probability of dropping a hidden unit (0 disables dropout; may be traced).
+      dropout_mode: ``"inverted"`` or ``"textbook"`` (see :func:`dropout`).
+
+    Returns:
+      ``(logits, new_state)``; ``new_state`` equals ``state`` in evaluation mode.
+    """
+    act = _activation(activation)
+    _check_input(params, x)
+    if state is None:
+        if _has_batchnorm(params):
+            raise ValueError("params hold batch-norm layers: pass state=nn.init_bn_state(params) or a trained state")
+        state = [None] * len(params)
+    if len(state) != len(params):
+        raise ValueError(f"state has {len(state)} entries for {len(params)} layers")
+    use_dropout = not (isinstance(drop_rate, (int, float)) and drop_rate == 0)
+    h, new_state = x, []
+    for i, (layer, running) in enumerate(zip(params, state)):
+        h = h @ layer["w"] + _row(layer["b"], h)  # (batch, n_out of layer i)
+        if i == len(params) - 1:
+            new_state.append(running)
+            break
+        if "gamma" in layer:
+            h, running = batch_norm(h, layer["gamma"], layer["beta"], running, train=train,
+                                    momentum=bn_momentum, eps=bn_eps)
+        new_state.append(running)
+        h = act(h)
+        if use_dropout:
+            h = dropout(h, drop_rate, key=None if key is None else jax.random.fold_in(key, i),
+                        train=train, mode=dropout_mode)
+    return h, new_state
 
 
 def weights_mask(params):

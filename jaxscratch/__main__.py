@@ -1,0 +1,6 @@
+"""``python -m jaxscratch``: the same as the ``jaxscratch`` command."""
+import sys
+
+from jaxscratch.cli import main
+
+sys.exit(main())

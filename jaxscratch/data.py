@@ -1,0 +1,558 @@
+"""Data sets as NumPy arrays, splits on the host, and batch indices on the device.
+
+Contract:
+  * Every loader returns a :class:`Dataset` ``(x_train, y_train, x_test, y_test, name,
+    num_classes)`` of NumPy arrays. With the defaults (the book's ``load_mnist(normalize=True,
+    flatten=True, one_hot_label=False)``) images are float32 in [0, 1] of shape
+    ``(n, features)`` and labels int32 ``(n,)``. ``normalize=False`` keeps the stored
+    integers (uint8: 0..255 for MNIST, 0..16 for digits); ``flatten=False`` gives
+    ``(n, 1, H, W)``; ``one_hot=True`` gives float32 labels ``(n, num_classes)``.
+  * ``load_digits`` reads the 8x8 digits shipped inside the package (works offline).
+  * ``load_mnist`` / ``load_fashion_mnist`` look for the four IDX files, in order, in
+    ``path`` (and nowhere else when given), the cache (``cache_dir``, else
+    ``$JAXSCRATCH_DATA/<name>``, else ``$XDG_CACHE_HOME`` or ``~/.cache``
+    ``/jaxscratch/<name>``), the system folders (:data:`FASHION_MNIST_SYSTEM_DIRS`), and
+    finally download each missing file from the mirrors in turn. A download lands in a
+    unique temporary file in the cache folder, is checked against the official MD5 and the
+    IDX structure, and only then is renamed into place (``os.replace``), so the cache never
+    holds a partial or wrong file, even with two processes loading at once.
+  * ``read_idx`` and every loader raise :class:`DataError` (a ``ValueError``) naming the
+    file, what was expected and what was found; nothing ever unpickles (``allow_pickle=False``).
+  * Splits (``train_val_split``, ``kfold_indices``, the digits split) are NumPy and
+    deterministic for a given ``seed``. ``epoch_indices`` is JAX: a pure, jitted function of
+    ``key`` giving the batch indices for one epoch, so batches are gathered on the device.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.client
+import importlib.resources
+import math
+import numbers
+import os
+import tempfile
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "DataError", "Dataset", "FASHION_MNIST_MD5", "FASHION_MNIST_MIRRORS",
+    "FASHION_MNIST_SYSTEM_DIRS", "IDX_FILES", "MNIST_MD5", "MNIST_MIRRORS", "MNIST_SYSTEM_DIRS",
+    "epoch_indices", "kfold_indices", "load_dataset", "load_digits", "load_fashion_mnist",
+    "load_mnist", "load_npz", "one_hot", "read_idx", "train_val_split",
+]
+
+
+class DataError(ValueError):
+    """A data file or array is missing, corrupt, or not what the loader expects."""
+
+
+class Dataset(NamedTuple):
+    """Train and test arrays (NumPy), the data set's name and its number of classes."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    name: str
+    num_classes: int
+
+
+# ---------------------------------------------------------------------------- IDX files
+# IDX: 0x00 0x00 <dtype code> <ndim>, then ndim big-endian uint32 sizes, then the payload.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _gunzip(raw: bytes, path) -> bytes:
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise DataError(
+            f"{path}: corrupt or truncated gzip file ({type(e).__name__}: {e}); "
+            "delete it and download it again"
+        ) from None
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or raw.
+
+    Args:
+      path: the file. Gzip is recognised by its magic bytes ``1f 8b``, not the extension.
+
+    Returns:
+      A NumPy array of the stored shape, in native byte order.
+
+    Raises:
+      DataError: unreadable file, corrupt gzip, bad magic number, dtype code or number of
+        dimensions, or a payload shorter or longer than the header announces.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    data = _gunzip(raw, path) if raw[:2] == b"\x1f\x8b" else raw
+    if len(data) < 4:
+        raise DataError(f"{path}: expected an IDX header of at least 4 bytes; found {len(data)}")
+    zero0, zero1, code, ndim = data[:4]
+    if zero0 or zero1:
+        raise DataError(f"{path}: not an IDX file: expected magic bytes 00 00; found {data[:2].hex(' ')}")
+    if code not in _IDX_DTYPES:
+        codes = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise DataError(f"{path}: expected an IDX dtype code among {codes}; found 0x{code:02X}")
+    if not 1 <= ndim <= 4:
+        raise DataError(f"{path}: expected 1 to 4 dimensions in the IDX header; found {ndim}")
+    offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise DataError(f"{path}: IDX header truncated: expected {offset} bytes; found {len(data)}")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected, found = math.prod(dims) * dtype.itemsize, len(data) - offset
+    if found != expected:
+        what = "truncated" if found < expected else "too long"
+        raise DataError(
+            f"{path}: IDX payload {what}: shape {dims} of {dtype.name} needs {expected} bytes; "
+            f"found {found}"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(dims), offset=offset)
+    return flat.astype(dtype.newbyteorder("=")).reshape(dims)  # a writable native copy
+
+
+# ---------------------------------------------------------------------------- formatting
+def one_hot(labels, num_classes: int):
+    """One-hot float32 encoding: ``(...,)`` integer labels -> ``(..., num_classes)``.
+
+    NumPy arrays are checked to lie in ``0..num_classes-1``; JAX arrays (possibly traced)
+    go through ``jax.nn.one_hot``, which maps out-of-range labels to all-zero rows.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+    if isinstance(labels, jax.Array):
+        return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers; got dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in 0..{num_classes - 1}; found {labels.min()}..{labels.max()}"
+        )
+    return (labels[..., None] == np.arange(num_classes)).astype(np.float32)
+
+
+def _format(x_train, y_train, x_test, y_test, *, name, num_classes, scale,
+            normalize, flatten, one_hot_labels) -> Dataset:
+    """Images (n, H, W) of integers 0..scale and int labels -> the Dataset the caller asked for."""
+    def images(x):
+        x = x.astype(np.float32) / np.float32(scale) if normalize else x
+        return x.reshape(len(x), -1) if flatten else x.reshape(len(x), 1, *x.shape[1:])
+
+    return Dataset(images(x_train), _labels(y_train, num_classes, one_hot_labels), images(x_test),
+                   _labels(y_test, num_classes, one_hot_labels), name, num_classes)
+
+
+def _labels(y, num_classes: int, one_hot_labels: bool) -> np.ndarray:
+    return one_hot(y, num_classes) if one_hot_labels else y.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------- digits
+def _check_fraction(name: str, value, *, allow_zero: bool) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and (0 <= value < 1 if allow_zero else 0 < value < 1)
+    if not ok:
+        interval = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ValueError(f"{name} must be a number in {interval}; got {value!r}")
+    return float(value)
+
+
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx), each shuffled; every class gives round(fraction * size) to test."""
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        is_test[members[: round(test_fraction * len(members))]] = True
+    return rng.permutation(np.flatnonzero(~is_test)), rng.permutation(np.flatnonzero(is_test))
+
+
+def load_digits(*, normalize=True, flatten=True, one_hot=False, test_fraction=0.2, seed=0) -> Dataset:
+    """The 8x8 handwritten digits (1,797 images, 10 classes) shipped inside the package.
+
+    The split is stratified: each class gives ``round(test_fraction * class size)`` images
+    to the test set, chosen by ``np.random.default_rng(seed)``; both sets are then shuffled.
+    The same ``seed`` always gives the same split.
+
+    Args:
+      normalize: divide pixels (0..16) by 16 into float32; False keeps uint8 0..16.
+      flatten: ``(n, 64)`` images; False gives ``(n, 1, 8, 8)``.
+      one_hot: float32 ``(n, 10)`` labels instead of int32 ``(n,)``.
+      test_fraction: share of each class held out for testing, in (0, 1).
+      seed: seed of the split.
+
+    Returns:
+      A :class:`Dataset` named ``"digits"``.
+    """
+    test_fraction = _check_fraction("test_fraction", test_fraction, allow_zero=False)
+    resource = importlib.resources.files("jaxscratch") / "datasets" / "digits.npz"
+    with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+        images, labels = npz["images"], npz["labels"]
+    if images.shape != (1797, 8, 8) or labels.shape != (1797,):
+        raise DataError(
+            f"{resource}: expected images (1797, 8, 8) and labels (1797,); found "
+            f"{images.shape} and {labels.shape}; reinstall jaxscratch or run tools/make_digits.py"
+        )
+    train, test = _stratified_split(labels, test_fraction, seed)
+    return _format(images[train], labels[train], images[test], labels[test], name="digits",
+                   num_classes=10, scale=16, normalize=normalize, flatten=flatten,
+                   one_hot_labels=one_hot)
+
+
+# ---------------------------------------------------------------------------- MNIST sources
+IDX_FILES = {  # Dataset field -> official file name
+    "x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+MNIST_MD5 = {  # MD5 of the official .gz files
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+FASHION_MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+# The original yann.lecun.com host refuses downloads; these are the mirrors people use now.
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",  # PyTorch's; what the book's repo uses
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+# Fashion-MNIST's own S3 website is http only, so only its GitHub copy is used.
+FASHION_MNIST_MIRRORS = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
+MNIST_SYSTEM_DIRS: tuple[str, ...] = ()
+FASHION_MNIST_SYSTEM_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)  # Debian
+
+
+def _source(name: str):
+    """(md5 table, mirrors, system dirs, mirrors env var), read at call time so tests can patch."""
+    if name == "mnist":
+        return MNIST_MD5, MNIST_MIRRORS, MNIST_SYSTEM_DIRS, "JAXSCRATCH_MNIST_MIRRORS"
+    return (FASHION_MNIST_MD5, FASHION_MNIST_MIRRORS, FASHION_MNIST_SYSTEM_DIRS,
+            "JAXSCRATCH_FASHION_MNIST_MIRRORS")
+
+
+def _cache_dir(name: str, cache_dir) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("JAXSCRATCH_DATA"):
+        return Path(os.environ["JAXSCRATCH_DATA"]) / name
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jaxscratch" / name
+
+
+def _find_local(directory: Path, filename: str) -> Path | None:
+    for candidate in (filename, filename.removesuffix(".gz")):
+        if (directory / candidate).is_file():
+            return directory / candidate
+    return None
+
+
+def _download(url: str, dest: Path, md5: str, timeout: float) -> np.ndarray:
+    """Stream ``url`` to a temporary file beside ``dest``; check it; rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        digest, received = hashlib.md5(), 0
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as resp:
+            announced = resp.headers.get("Content-Length")
+            while chunk := resp.read(1 << 16):
+                f.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+        if announced is not None and received != int(announced):
+            raise DataError(f"connection closed after {received} of {announced} bytes")
+        if digest.hexdigest() != md5:
+            raise DataError(f"MD5 mismatch: expected {md5}; found {digest.hexdigest()}")
+        array = read_idx(tmp)  # structure check before the file may enter the cache
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared JAXSCRATCH_DATA should be readable
+        os.replace(tmp, dest)
+        return array
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fetch(filename: str, name: str, path, cache_dir, mirrors, timeout) -> np.ndarray:
+    """Read one of the four files from the first location that has it, else download it."""
+    md5_table, default_mirrors, system_dirs, env_var = _source(name)
+    if path is not None:
+        found = _find_local(Path(path), filename)
+        if found is None:
+            raise DataError(f"{filename} (or {filename.removesuffix('.gz')}) not found in {path}")
+        return read_idx(found)
+    cache = _cache_dir(name, cache_dir)
+    for directory in (cache, *map(Path, system_dirs)):
+        found = _find_local(directory, filename)
+        if found is None:
+            continue
+        try:
+            return read_idx(found)
+        except DataError as e:
+            raise DataError(f"{e}\nDelete or replace that copy, or pass path= to a good one") from None
+    if mirrors is None:
+        env = os.environ.get(env_var, "")
+        mirrors = [m.strip() for m in env.split(",") if m.strip()] or default_mirrors
+    elif isinstance(mirrors, str):
+        mirrors = [mirrors]
+    errors = []
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        errors.append(f"cannot create the cache folder {cache}: {e}")
+        mirrors = ()
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + "/" + filename
+        try:
+            if not url.startswith(("https://", "http://")):
+                raise DataError("a mirror must be an http:// or https:// URL")
+            return _download(url, cache / filename, md5_table[filename], timeout)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            errors.append(f"{url}: {type(e).__name__}: {e}")
+    raise DataError(_not_found_message(filename, name, [cache, *system_dirs], errors, env_var))
+
+
+def _not_found_message(filename, name, looked_in, errors, env_var) -> str:
+    places = "\n".join(f"  {d}" for d in looked_in)
+    tried = "\n".join(f"  {e}" for e in errors) or "  (no mirrors configured)"
+    files = ", ".join(IDX_FILES.values())
+    return (
+        f"cannot find or download {filename} of {name}.\nLooked in:\n{places}\n"
+        f"Tried:\n{tried}\nTo fix it, download the four files ({files}) by hand into one "
+        f"directory and pass path=DIR (--dataset-dir DIR in the examples), or put them in "
+        f"{looked_in[0]}, or set JAXSCRATCH_DATA=DIR to use DIR/{name}; {env_var} "
+        "(comma-separated URLs) overrides the mirrors."
+    )
+
+
+def _load_idx_dataset(name, path, *, normalize, flatten, one_hot, mirrors, cache_dir, timeout):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds; got {timeout!r}")
+    if path is not None and not Path(path).is_dir():
+        raise DataError(f"path must be a directory holding the four {name} files; got {path}")
+    arrays = {field: _fetch(filename, name, path, cache_dir, mirrors, timeout)
+              for field, filename in IDX_FILES.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        xname, yname = IDX_FILES[f"x_{split}"], IDX_FILES[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
+            raise DataError(f"{xname}: expected uint8 images (n, 28, 28); found {x.dtype} {x.shape}")
+        if y.ndim != 1 or y.dtype != np.uint8:
+            raise DataError(f"{yname}: expected uint8 labels (n,); found {y.dtype} {y.shape}")
+        if len(x) != len(y):
+            raise DataError(f"{xname} holds {len(x)} images but {yname} holds {len(y)} labels")
+        if y.size and y.max() > 9:
+            raise DataError(f"{yname}: expected labels 0..9; found a label {y.max()}")
+    return _format(*arrays.values(), name=name, num_classes=10, scale=255,
+                   normalize=normalize, flatten=flatten, one_hot_labels=one_hot)
+
+
+def load_mnist(path=None, *, normalize=True, flatten=True, one_hot=False, mirrors=None,
+               cache_dir=None, timeout=30.0) -> Dataset:
+    """MNIST (60,000 train and 10,000 test 28x28 digits), found locally or downloaded.
+
+    Args:
+      path: a directory holding the four files (``.gz`` or not); when given, nowhere else
+        is looked at and nothing is downloaded.
+      normalize, flatten, one_hot: as in the module docstring (the book's options).
+      mirrors: base URLs to try in turn; default ``$JAXSCRATCH_MNIST_MIRRORS``
+        (comma-separated) or :data:`MNIST_MIRRORS`.
+      cache_dir: where downloads go; default ``$JAXSCRATCH_DATA/mnist`` or
+        ``~/.cache/jaxscratch/mnist`` (``$XDG_CACHE_HOME`` respected).
+      timeout: seconds a download may wait for a connection or for data (each read)
+        before giving up on a mirror.
+
+    Returns:
+      A :class:`Dataset` named ``"mnist"`` with 10 classes.
+    """
+    return _load_idx_dataset("mnist", path, normalize=normalize, flatten=flatten, one_hot=one_hot,
+                             mirrors=mirrors, cache_dir=cache_dir, timeout=timeout)
+
+
+def load_fashion_mnist(path=None, *, normalize=True, flatten=True, one_hot=False, mirrors=None,
+                       cache_dir=None, timeout=30.0) -> Dataset:
+    """Fashion-MNIST (same shapes and files as MNIST), found locally or downloaded.
+
+    As :func:`load_mnist`, with ``$JAXSCRATCH_FASHION_MNIST_MIRRORS`` /
+    :data:`FASHION_MNIST_MIRRORS`, the cache ``.../fashion-mnist``, and Debian's
+    ``dataset-fashion-mnist`` folder (:data:`FASHION_MNIST_SYSTEM_DIRS`) searched after the
+    cache. Local copies are checked by IDX structure, not MD5 (Debian re-gzips them).
+    """
+    return _load_idx_dataset("fashion-mnist", path, normalize=normalize, flatten=flatten,
+                             one_hot=one_hot, mirrors=mirrors, cache_dir=cache_dir, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------- user .npz
+def _npz_labels(y, key, path) -> tuple[np.ndarray, int]:
+    """Integer labels (n,) from integer labels or one-hot rows (n, c)."""
+    if y.ndim == 2 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
+        return y.argmax(axis=1), y.shape[1]
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: {key} must be integer labels (n,) or one-hot rows (n, classes); "
+                        f"found {y.dtype} {y.shape}")
+    if y.size and y.min() < 0:
+        raise DataError(f"{path}: {key} must be non-negative; found a label {y.min()}")
+    return y, int(y.max()) + 1 if y.size else 0
+
+
+def _read_npz(path) -> dict[str, np.ndarray]:
+    """The four arrays of a user's .npz, loaded without pickle."""
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read {path} as an .npz file: {e}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: expected an .npz archive of named arrays; found a single array")
+    with npz:
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+            raise DataError(f"{path}: missing arrays {missing}; found {sorted(npz.files)}")
+        try:
+            return {k: npz[k] for k in keys}
+        except ValueError as e:  # object arrays would need pickle
+            raise DataError(f"{path}: refused to load an object (pickled) array: {e}") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise DataError(f"{path}: corrupt .npz archive: {e}") from None
+
+
+def _npz_images(x, key, path, *, normalize, flatten) -> np.ndarray:
+    """float32 images; integer ones (0..255) divided by 255 when normalize."""
+    if x.ndim < 2 or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{path}: {key} must be numeric (n, ...) with at least 2 dims; "
+                        f"found {x.dtype} {x.shape}")
+    if normalize and np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DataError(f"{path}: integer images must lie in 0..255 to normalize; found "
+                            f"{x.min()}..{x.max()} in {key}; pass normalize=False")
+        x = x.astype(np.float32) / np.float32(255)
+    x = x.astype(np.float32)
+    return x.reshape(len(x), -1) if flatten else x
+
+
+def load_npz(path, *, normalize=True, flatten=True, one_hot=False) -> Dataset:
+    """A data set of your own: an ``.npz`` holding ``x_train, y_train, x_test, y_test``.
+
+    Images (at least 2-D) become float32. Integer images must hold 0..255 and are divided
+    by 255 when ``normalize`` (pass False for other ranges: they are only cast); float
+    images are cast unchanged. Labels are integers ``(n,)`` >= 0 or one-hot rows;
+    ``num_classes`` is the one-hot width or the largest label + 1. Never unpickles.
+
+    Returns:
+      A :class:`Dataset` named after the file (``"mine"`` for ``mine.npz``).
+    """
+    arrays = _read_npz(path)
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(f"{path}: x_train and x_test samples differ in shape: "
+                        f"{arrays['x_train'].shape[1:]} vs {arrays['x_test'].shape[1:]}")
+    out, classes = {}, []
+    for split in ("train", "test"):
+        x = _npz_images(arrays[f"x_{split}"], f"x_{split}", path, normalize=normalize, flatten=flatten)
+        y, c = _npz_labels(arrays[f"y_{split}"], f"y_{split}", path)
+        if len(x) != len(y):
+            raise DataError(f"{path}: x_{split} holds {len(x)} samples but y_{split} {len(y)}")
+        out[split], classes = (x, y), classes + [c]
+    num_classes = max(classes)
+    (x_train, y_train), (x_test, y_test) = out["train"], out["test"]
+    return Dataset(x_train, _labels(y_train, num_classes, one_hot), x_test,
+                   _labels(y_test, num_classes, one_hot), Path(path).stem, num_classes)
+
+
+# ---------------------------------------------------------------------------- dispatch
+_LOADERS = {"digits": load_digits, "mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+
+
+def load_dataset(name_or_path, **kwargs) -> Dataset:
+    """Load ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or a path to an ``.npz`` file.
+
+    Keyword arguments go to the loader (e.g. ``path=`` for MNIST, ``seed=`` for digits).
+    """
+    text = os.fspath(name_or_path)
+    if text.lower().endswith(".npz"):
+        return load_npz(text, **kwargs)
+    loader = _LOADERS.get(text.lower().replace("_", "-"))
+    if loader is None:
+        raise DataError(f"unknown data set {text!r}; expected one of {sorted(_LOADERS)} "
+                        "or a path ending in .npz")
+    return loader(**kwargs)
+
+
+# ---------------------------------------------------------------------------- splits
+def train_val_split(x, y, validation_fraction, *, seed=0):
+    """Shuffle with ``seed`` and hold out ``round(validation_fraction * n)`` samples.
+
+    Works on NumPy or JAX arrays (they are indexed by a NumPy permutation).
+
+    Returns:
+      ``(x_train, y_train, x_val, y_val)``; the validation arrays are empty when the
+      fraction is 0.
+    """
+    validation_fraction = _check_fraction("validation_fraction", validation_fraction, allow_zero=True)
+    if np.ndim(x) < 1 or np.ndim(y) < 1 or len(x) != len(y):
+        raise ValueError(f"x and y need the same number of samples; got shapes "
+                         f"{np.shape(x)} and {np.shape(y)}")
+    n = len(x)
+    n_val = round(validation_fraction * n)
+    if n - n_val < 1:
+        raise ValueError(f"validation_fraction={validation_fraction} of {n} samples leaves "
+                         "no training sample")
+    perm = np.random.default_rng(seed).permutation(n)
+    train, val = perm[n_val:], perm[:n_val]
+    return x[train], y[train], x[val], y[val]
+
+
+def kfold_indices(n: int, k: int, *, seed=0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train_idx, val_idx) pairs of sorted indices; each sample is validated exactly once.
+
+    Folds come from a permutation seeded by ``seed`` and differ in size by at most one.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2; got {n!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n:
+        raise ValueError(f"k must be an int in [2, n={n}]; got {k!r}")
+    folds = np.array_split(np.random.default_rng(seed).permutation(n), k)
+    return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), np.sort(fold))
+            for i, fold in enumerate(folds)]
+
+
+@functools.partial(jax.jit, static_argnames=("n", "batch_size", "replace"))
+def epoch_indices(key, n: int, batch_size: int, *, replace: bool = False) -> jax.Array:
+    """Indices of one epoch's mini-batches: int32 of shape ``(n // batch_size, batch_size)``.
+
+    ``replace=False``: a random permutation of ``range(n)`` cut into full batches (the last
+    ``n % batch_size`` samples of the permutation are dropped), so no index repeats.
+    ``replace=True``: the book's ``np.random.choice(n, batch_size)`` for every step, each
+    index drawn independently with replacement. Jitted with ``n``, ``batch_size`` and
+    ``replace`` static; a pure function of ``key``. Use as ``x[idx[step]]``.
+
+    >>> epoch_indices(jax.random.key(0), 10, 3).shape
+    (3, 3)
+    """
+    for arg, value in (("n", n), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be a positive int; got {value!r}")
+    if batch_size > n:
+        raise ValueError(f"batch_size ({batch_size}) must not exceed the number of samples n ({n})")
+    steps = n // batch_size
+    if replace:
+        return jax.random.randint(key, (steps, batch_size), 0, n, dtype=jnp.int32)
+    perm = jax.random.permutation(key, n)[: steps * batch_size]
+    return perm.astype(jnp.int32).reshape(steps, batch_size)  # (steps, batch_size)

@@ -1,0 +1,90 @@
+"""Figures (needs matplotlib, the ``examples`` extra). Training never imports this module.
+
+Contract: every function takes NumPy-like data and a ``path``, writes one PNG atomically
+(temp file, then rename) and returns the path. ``smooth_curve`` is pure NumPy.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+__all__ = ["comparison_figure", "smooth_curve", "training_figure"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("figures need matplotlib: python -m pip install 'jaxscratch[examples]'") from None
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> str:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def smooth_curve(values, window: int = 11) -> np.ndarray:
+    """The book's loss smoothing (``common/util.py``): a Kaiser window (beta 2), same length out."""
+    x = np.asarray(values, np.float64)
+    if x.size < window:
+        return x
+    w = np.kaiser(window, 2)
+    padded = np.r_[x[window - 1:0:-1], x, x[-1:-window:-1]]
+    y = np.convolve(w / w.sum(), padded, mode="valid")
+    return y[(window - 1) // 2: (window - 1) // 2 + x.size] if y.size > x.size else y
+
+
+def training_figure(history: dict, path, *, title: str = "") -> str:
+    """Per-step loss (smoothed) and per-epoch accuracies, side by side."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    step_loss = np.asarray(history.get("step_loss", []))
+    if step_loss.size:
+        ax_loss.plot(step_loss, color="0.8", lw=0.8, label="per step")
+        ax_loss.plot(smooth_curve(step_loss), color="C0", label="smoothed")
+    ax_loss.set(xlabel="step", ylabel="training loss", yscale="log")
+    ax_loss.legend()
+    epochs = np.asarray(history.get("epoch", []))
+    for name, style in (("train", "-"), ("val", "--"), ("test", ":")):
+        acc = history.get(f"{name}_acc")
+        if acc is not None and len(acc):
+            ax_acc.plot(epochs, 100 * np.asarray(acc), style, marker="o", ms=3, label=name)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax_acc.legend()
+    if title:
+        fig.suptitle(title)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def comparison_figure(curves: dict, path, *, title: str = "") -> str:
+    """Smoothed loss curves, one per optimizer (the book's Figure 6-9)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (name, losses) in enumerate(curves.items()):
+        ax.plot(smooth_curve(np.asarray(losses)), label=name, color=f"C{i}", lw=1.2)
+    ax.set(xlabel="iteration", ylabel="loss (smoothed)", ylim=(0, None))
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,128 @@
+"""The `jaxscratch` command end to end on the 8x8 digits."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxscratch import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """`jaxscratch train --out DIR` with nothing else."""
+    out = tmp_path_factory.mktemp("run") / "digits"
+    assert cli.main(["train", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_default_train_reaches_95_percent_and_writes_everything(default_run):
+    metrics = json.loads((default_run / "metrics.json").read_text())
+    assert 0.95 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["config"]["dataset"] == "digits" and metrics["config"]["optimizer"] == "adam"
+    assert len(metrics["history"]["epoch"]) == metrics["config"]["epochs"]
+    assert len(metrics["history"]["train_loss"]) == metrics["config"]["epochs"]
+    assert metrics["wall_time_s"] > 0 and metrics["steps_per_second"] > 0
+    for name in ("checkpoint.npz", "best.npz", "training.png"):
+        assert (default_run / name).exists(), name
+    assert (default_run / "training.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in os.listdir(default_run) if p.startswith(".tmp")]
+
+
+def test_existing_run_is_never_overwritten(default_run, capsys):
+    before = (default_run / "metrics.json").read_bytes()
+    code, _, err = run(["train", "--out", default_run], capsys)
+    assert code == 2 and "already holds a run; pass --resume" in err
+    assert (default_run / "metrics.json").read_bytes() == before
+
+
+def test_evaluate_and_predict(default_run, capsys, tmp_path):
+    code, out, _ = run(["evaluate", default_run], capsys)
+    assert code == 0 and "test " in out and "accuracy" in out
+    from jaxscratch import data
+
+    ds = data.load_digits()
+    np.save(tmp_path / "x.npy", ds.x_test[:20])
+    code, out, _ = run(["predict", default_run, tmp_path / "x.npy", "--output", tmp_path / "labels.npy"], capsys)
+    assert code == 0
+    labels = np.load(tmp_path / "labels.npy")
+    assert labels.shape == (20,) and np.mean(labels == ds.y_test[:20]) >= 0.85
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5)))
+    code, _, err = run(["predict", default_run, tmp_path / "bad.npy"], capsys)
+    assert code == 2 and "64 features" in err
+
+
+def test_resume_continues_to_the_same_result(tmp_path, capsys):
+    common = ["--epochs", 4, "--batchnorm", "--dropout", 0.1, "--optimizer", "momentum", "--quiet"]
+    assert run(["train", "--out", tmp_path / "a", *common], capsys)[0] == 0
+    half = [a if a != 4 else 2 for a in common]
+    assert run(["train", "--out", tmp_path / "b", *half], capsys)[0] == 0
+    code, _, err = run(["train", "--out", tmp_path / "b", "--resume", "--epochs", 4, "--quiet"], capsys)
+    assert code == 0, err
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert a["history"]["step_loss"] == b["history"]["step_loss"]
+    assert a["test_accuracy"] == b["test_accuracy"]
+
+
+def test_resume_errors(tmp_path, default_run, capsys):
+    code, _, err = run(["train", "--out", tmp_path / "nothing", "--resume"], capsys)
+    assert code == 2 and "no checkpoint" in err
+    code, _, err = run(["train", "--out", default_run, "--resume", "--optimizer", "sgd"], capsys)
+    assert code == 2 and "--optimizer 'sgd' conflicts with the run's 'adam'" in err
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    code, _, err = run(["train", "--out", damaged, "--resume"], capsys)
+    assert code == 2 and "checkpoint" in err.lower()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--optimizer", "adamm"], "unknown --optimizer 'adamm'; valid choices: adadelta, adagrad, adam,"),
+    (["train", "--activation", "gelu"], "valid choices: relu, sigmoid, tanh"),
+    (["train", "--dataset", "cifar"], "unknown --dataset 'cifar'; valid choices: digits, mnist, fashion-mnist"),
+    (["train", "--momentum", "0.5"], "--momentum does not apply to adam; it applies to momentum, nesterov"),
+    (["train", "--hidden", "100,x"], "--hidden must be comma-separated positive ints"),
+    (["train", "--dropout", "1.5"], r"--dropout must be in [0, 1); got 1.5"),
+    (["train", "--learning-rate", "-1"], "learning_rate must be in [0, inf]; got -1.0"),
+    (["compare", "--optimizers", "sgd,foo"], "unknown optimizer 'foo'"),
+])
+def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path):
+    code, _, err = run([*argv, "--out", tmp_path / "x"] if argv[0] == "train" else argv, capsys)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+def test_compare_quick(tmp_path, capsys):
+    code, out, err = run(["compare", "--quick", "--out", tmp_path], capsys)
+    assert code == 0, err
+    for name in ("sgd", "momentum", "adagrad", "adam"):
+        assert name in out
+    results = json.loads((tmp_path / "compare.json").read_text())["results"]
+    assert [r["optimizer"] for r in results] == ["sgd", "momentum", "adagrad", "adam"]
+    by_name = {r["optimizer"]: r for r in results}
+    assert by_name["adam"]["final_loss"] < by_name["sgd"]["final_loss"]  # the book's Figure 6-9 ordering
+    assert (tmp_path / "compare.png").exists()
+
+
+def test_console_entry_points_show_defaults():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "jaxscratch", "train", "--help"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for expected in ("(default: digits)", "(default: adam)", "(default: 30)", "(default: 100,100)"):
+        assert expected in text
+    bad = subprocess.run([sys.executable, "-m", "jaxscratch", "train", "--epochs", "ten"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "expected an int; got 'ten'" in bad.stderr and "Traceback" not in bad.stderr

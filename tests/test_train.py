@@ -1,0 +1,119 @@
+"""fit and the scan-fused epoch: accuracy on real data, resumption, no recompilation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxscratch import data, losses, nn, optim, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = data.load_digits()
+    xt, yt, xv, yv = data.train_val_split(ds.x_train, ds.y_train, 0.1, seed=0)
+    return ds, (xt, yt), (xv, yv)
+
+
+def test_fit_on_digits_reaches_95_percent(digits):
+    ds, tr, va = digits
+    key = jax.random.key(0)
+    params = nn.init_mlp(key, (64, 100, 100, 10))
+    result = train.fit(key, params, optim.adam(), tr, epochs=20, batch_size=100, validation=va,
+                       test=(ds.x_test, ds.y_test), verbose=False)
+    h = result.history
+    assert h["test_acc"][-1] >= 0.95
+    steps_per_epoch = len(tr[0]) // 100
+    assert h["step_loss"].shape == (20 * steps_per_epoch,) and int(result.state.step) == 20 * steps_per_epoch
+    assert list(h["epoch"]) == list(range(1, 21))
+    assert h["step_loss"][-10:].mean() < h["step_loss"][:10].mean() / 5
+    # the best state is the one with the best validation accuracy
+    best_acc = float(train.evaluate(result.best.params, result.best.bn_state, *map(jnp.asarray, va))[1])
+    assert best_acc == pytest.approx(h["val_acc"].max(), abs=1e-6)
+    # params given to fit are untouched (state buffers are donated inside fit)
+    assert jnp.array_equal(params[0]["w"], nn.init_mlp(key, (64, 100, 100, 10))[0]["w"])
+
+
+def _run(epochs, state=None, best=None, history=None, tr=None, va=None, **kw):
+    key = jax.random.key(3)
+    params = nn.init_mlp(key, (64, 32, 32, 10), batchnorm=True)
+    return train.fit(key, params, optim.momentum(0.05), tr, epochs=epochs, batch_size=64, validation=va,
+                     drop_rate=0.2, weight_decay=1e-3, state=state, best=best, history=history, verbose=False, **kw)
+
+
+@pytest.mark.parametrize("split", [1, 3])
+def test_resume_is_bit_identical(digits, split):
+    """Batch norm, dropout and weight decay on: stop after `split` epochs, resume, compare bits."""
+    _, tr, va = digits
+    full = _run(5, tr=tr, va=va)
+    first = _run(split, tr=tr, va=va)
+    resumed = _run(5, state=first.state, best=first.best, history=first.history, tr=tr, va=va)
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        assert jnp.array_equal(a, b)
+    np.testing.assert_array_equal(full.history["step_loss"], resumed.history["step_loss"])
+    np.testing.assert_array_equal(full.history["val_acc"], resumed.history["val_acc"])
+
+
+def test_epoch_compiles_once_and_sampling_with_replacement(digits):
+    _, (x, y), _ = digits
+    key = jax.random.key(0)
+    params = nn.init_mlp(key, (64, 20, 10))
+    for sampling in train.SAMPLINGS:
+        epoch = jax.jit(train.make_epoch(optim.sgd(0.1), batch_size=50, sampling=sampling))
+        state = train.init_state(key, params, optim.sgd(0.1))
+        losses_seen = []
+        for _ in range(3):
+            state, step_losses = epoch(state, jnp.asarray(x), jnp.asarray(y), train.Hyper())
+            losses_seen.append(float(step_losses.mean()))
+        assert epoch._cache_size() == 1
+        assert int(state.step) == 3 * (len(x) // 50)
+        assert losses_seen[-1] < losses_seen[0]
+
+
+def test_weight_decay_and_dropout_values_do_not_recompile(digits):
+    _, (x, y), _ = digits
+    key = jax.random.key(0)
+    params = nn.init_mlp(key, (64, 20, 10))
+    epoch = jax.jit(train.make_epoch(optim.sgd(0.1), batch_size=50, use_dropout=True))
+    state = train.init_state(key, params, optim.sgd(0.1))
+    outs = []
+    for wd, rate in ((0.0, 0.1), (0.1, 0.5)):
+        _, step_losses = epoch(state, jnp.asarray(x), jnp.asarray(y), train.Hyper(jnp.float32(wd), jnp.float32(rate)))
+        outs.append(step_losses)
+    assert epoch._cache_size() == 1
+    assert not jnp.allclose(outs[0], outs[1])
+
+
+def test_evaluate_in_chunks_equals_direct(monkeypatch, key):
+    params = nn.init_mlp(key, (8, 16, 4))
+    x = jax.random.normal(key, (1000, 8))
+    y = jax.random.randint(key, (1000,), 0, 4)
+    direct = (losses.softmax_cross_entropy(nn.mlp(params, x), y), losses.accuracy(nn.mlp(params, x), y))
+    monkeypatch.setattr(train, "_EVAL_CHUNK", 300)  # 1000 = 3 * 300 + 100: exercises the padding
+    chunked = train.evaluate(params, nn.init_bn_state(params), x, y)
+    np.testing.assert_allclose(chunked[0], direct[0], rtol=1e-5)
+    assert float(chunked[1]) == pytest.approx(float(direct[1]))
+    onehot = train.evaluate(params, nn.init_bn_state(params), x, jax.nn.one_hot(y, 4))
+    np.testing.assert_allclose(onehot[0], direct[0], rtol=1e-5)
+
+
+def test_fit_bad_arguments(digits, key):
+    _, (x, y), _ = digits
+    params = nn.init_mlp(key, (64, 10))
+    with pytest.raises(ValueError, match=r"batch_size must be an int in \[1, \d+\]"):
+        train.fit(key, params, optim.sgd(), (x, y), epochs=1, batch_size=10**6)
+    with pytest.raises(ValueError, match="same number of rows"):
+        train.fit(key, params, optim.sgd(), (x, y[:-1]), epochs=1)
+    with pytest.raises(ValueError, match=r"drop_rate must be in \[0, 1.0\)"):
+        train.fit(key, params, optim.sgd(), (x, y), epochs=1, drop_rate=1.5)
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        train.fit(key, params, optim.sgd(), (x, y), epochs=1, sampling="bootstrap")
+
+
+def test_progress_line(digits, capsys, key):
+    _, tr, va = digits
+    train.fit(key, nn.init_mlp(key, (64, 10)), optim.sgd(0.1), tr, epochs=2, validation=va)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("epoch 2/2  loss ") and " train " in lines[1] and " val " in lines[1]
