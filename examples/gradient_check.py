@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import gradcheck, losses, nn
+from jaxscratch import data, gradcheck, losses, nn
 
 SEED = 0
 HIDDEN = 50  # the book's TwoLayerNet hidden width
@@ -32,14 +32,10 @@ INIT = {"tanh": "xavier", "relu": "he"}  # the book's scale for each activation
 
 
 def load_batch(n, rng):
-    """Inputs (n, 64) in [0, 1] and integer labels (n,), from digits if scikit-learn exists."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        return "random", rng.uniform(size=(n, 64)), rng.integers(0, 10, size=n)
-    digits = load_digits()
-    rows = rng.choice(len(digits.target), size=n, replace=False)
-    return "digits", digits.data[rows] / 16.0, digits.target[rows]
+    """Inputs (n, 64) in [0, 1] and integer labels (n,): real 8x8 digits (shipped with jaxscratch)."""
+    digits = data.load_digits()
+    rows = rng.choice(len(digits.y_train), size=n, replace=False)
+    return "digits", digits.x_train[rows].astype(np.float64), digits.y_train[rows]
 
 
 def main():

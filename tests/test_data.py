@@ -20,22 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import require_files
 from jaxscratch import data
 from jaxscratch.data import DataError
 
 FILES = list(data.IDX_FILES.values())
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-
-
-def require_files(paths):
-    """Skip when a file is missing, but fail when CI is "true" (CI must have them)."""
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if not missing:
-        return
-    message = f"missing {missing} (Debian package dataset-fashion-mnist)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + "; CI=true requires them")
-    pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)
