@@ -8,6 +8,10 @@ import pytest
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Full float32 matmuls everywhere: on GPUs JAX's default lets float32 matmuls run in TF32
+# (~1e-3 relative error), which would make the float tolerances below device-dependent.
+# (The tests check the maths; speed is the benchmarks' business.)
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture
