@@ -7,7 +7,7 @@ sit beside ``train``; ``plot`` (matplotlib) is imported only on demand.
 """
 __version__ = "0.2.0"
 
-from jaxscratch import checkpoint, data, gradcheck, landscapes, losses, nn, optim, schedules, train
+from jaxscratch import checkpoint, data, gradcheck, landscapes, losses, nn, optim, schedules, sweep, train
 
 __all__ = ["__version__", "checkpoint", "data", "gradcheck", "landscapes", "losses", "nn", "optim",
-           "schedules", "train"]
+           "schedules", "sweep", "train"]

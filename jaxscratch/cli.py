@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import __version__, checkpoint, data, nn, optim, schedules, train
+from jaxscratch import __version__, checkpoint, data, nn, optim, schedules, sweep, train
 
 CHECKPOINT, BEST, METRICS, FIGURE = "checkpoint.npz", "best.npz", "metrics.json", "training.png"
 
@@ -317,16 +317,16 @@ def cmd_compare(args) -> int:
     key = jax.random.key(args.seed)
     sizes = (xt.shape[1], *_hidden(args.hidden), ds.num_classes)
     params = nn.init_mlp(key, sizes, weight_init="he")  # the same initial weights for everyone
-    batches = jax.random.randint(jax.random.fold_in(key, 1), (iterations, args.batch_size), 0, len(xt))  # the book's sampling
-    x, y, xe, ye = (jnp.asarray(a) for a in (xt, yt, ds.x_test, ds.y_test))
+    xe, ye = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
     curves, rows = {}, []
-    for name in names:
+    for name in names:  # one at a time for the timings; the same key gives every one the same batches
         start = time.perf_counter()
-        opt = optim.OPTIMIZERS[name]()  # the book's defaults
-        state, step_losses = jax.jit(lambda p, x, y, b, opt=opt: train.run_steps(opt, p, x, y, b))(params, x, y, batches)
+        (state, step_losses), = sweep.compare_optimizers(
+            jax.random.fold_in(key, 1), {name: optim.OPTIMIZERS[name]()}, params, xt, yt,  # the book's defaults
+            iterations=iterations, batch_size=args.batch_size).values()
         _, acc = train.evaluate(state.params, state.bn_state, xe, ye)
-        curves[name] = np.asarray(step_losses)
-        rows.append((name, float(np.mean(curves[name][-100:])), float(acc), time.perf_counter() - start))
+        curves[name] = step_losses
+        rows.append((name, float(np.mean(step_losses[-100:])), float(acc), time.perf_counter() - start))
     print(f"{'optimizer':10s} {'final loss':>10s} {'test acc':>9s} {'time':>7s}   ({iterations} iterations, batch {args.batch_size})")
     for name, loss, acc, secs in rows:
         print(f"{name:10s} {loss:10.4f} {100 * acc:8.2f}% {secs:6.1f}s")
