@@ -4,16 +4,38 @@ Contract:
   * :func:`compare_optimizers` trains one model per optimizer from the same initial weights on
     the very same batches (the book's comparison protocol); optimizers have different state
     shapes, so they run one after another, each as one ``lax.scan``.
+  * A :class:`Spec` fixes everything static about a trial (layer sizes, optimizer name,
+    activation, batch size, ...). Hyperparameters are arrays of shape ``(T,)``, one value per
+    trial: ``learning_rate`` and the optimizer's other keywords (``momentum``, ``b1``, ...),
+    ``weight_decay`` (the book's L2 on weights, in the loss), ``drop_rate`` and
+    ``init_scale`` (the weights' standard deviation). :func:`run_trials` trains all ``T``
+    trials with ``jax.vmap`` as one compiled program; trial ``i`` equals ``train.fit`` run
+    alone with key ``fold_in(key, seeds[i])``, its hyperparameters and its initial weights
+    ``nn.init_mlp(fold_in(key, seeds[i]), ...)`` (tested, to float tolerance).
+  * :class:`Trials` holds the batched states, the hyperparameters, the seeds and a history of
+    per-epoch metrics of shape ``(T, epochs)``; :func:`train_trials` continues it,
+    :func:`select` keeps some trials. That is all successive halving needs.
+  * :func:`random_search` (the book's protocol: log-uniform ranges, a validation split, trials
+    ranked by final validation accuracy), :func:`successive_halving` on top of it, and
+    :func:`kfold_cv`, vmapped over configurations and folds.
 """
 from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import optim, train
+from jaxscratch import nn, optim, train
 
-__all__ = ["compare_optimizers"]
+__all__ = ["CVResult", "Spec", "Trials", "compare_optimizers", "ensemble_accuracy", "init_trials",
+           "kfold_cv", "random_search", "run_trials", "select", "successive_halving", "table",
+           "train_trials"]
+
+_TRAINING_HPARAMS = ("weight_decay", "drop_rate", "init_scale")
 
 
 def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, batch_size: int,
@@ -46,3 +68,250 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
         state, losses = run(params, x, y, batches)
         results[name] = (state, np.asarray(losses))
     return results
+
+
+# ----------------------------------------------------------------- vmapped trials
+class Spec(NamedTuple):
+    """What every trial of a sweep shares (hashable: it keys the compilation cache)."""
+
+    sizes: tuple
+    optimizer: str = "sgd"
+    activation: str = "relu"
+    weight_init: Any = "he"
+    batchnorm: bool = False
+    dropout_mode: str = "inverted"
+    batch_size: int = 100
+    sampling: str = "epoch"
+    optimizer_kwargs: tuple = ()  # static (name, value) pairs, e.g. (("eps_in_sqrt", True),)
+
+
+class Trials(NamedTuple):
+    state: train.TrainState  # every leaf has a leading trial axis (T, ...)
+    hparams: dict            # name -> (T,) float32
+    seeds: jax.Array         # (T,) int32
+    history: dict            # metric -> (T, epochs so far) NumPy
+
+
+def _check_spec(spec: Spec, hparams: dict) -> None:
+    if spec.optimizer not in optim.OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {spec.optimizer!r}; valid choices: {sorted(optim.OPTIMIZERS)}")
+    accepted = set(inspect.signature(optim.OPTIMIZERS[spec.optimizer]).parameters) - {"weight_decay", "mask"}
+    for name in hparams:
+        if name not in accepted and name not in _TRAINING_HPARAMS:
+            raise ValueError(f"cannot sweep {name!r} with {spec.optimizer}; valid names: "
+                             f"{sorted(accepted | set(_TRAINING_HPARAMS))}")
+
+
+def _optimizer(spec: Spec, hp: dict) -> optim.Optimizer:
+    opt_hp = {k: v for k, v in hp.items() if k not in _TRAINING_HPARAMS}
+    return optim.OPTIMIZERS[spec.optimizer](**dict(spec.optimizer_kwargs), **opt_hp)
+
+
+def _init_one(spec: Spec, key, seed, hp):
+    k = jax.random.fold_in(key, seed)
+    if "init_scale" in hp:  # unit normal weights, then the (traced) standard deviation
+        params = nn.init_mlp(k, spec.sizes, weight_init=1.0, batchnorm=spec.batchnorm)
+        params = [dict(layer, w=layer["w"] * hp["init_scale"].astype(layer["w"].dtype)) for layer in params]
+    else:
+        params = nn.init_mlp(k, spec.sizes, weight_init=spec.weight_init, batchnorm=spec.batchnorm)
+    return train.init_state(k, params, _optimizer(spec, hp))
+
+
+def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets):
+    epoch_fn = train.make_epoch(_optimizer(spec, hp), batch_size=spec.batch_size, sampling=spec.sampling,
+                                activation=spec.activation, dropout_mode=spec.dropout_mode,
+                                use_dropout="drop_rate" in hp, use_weight_decay="weight_decay" in hp)
+    hyper = train.Hyper(hp.get("weight_decay", jnp.float32(0)), hp.get("drop_rate", jnp.float32(0)))
+    rate = hp.get("drop_rate", 0.0)
+
+    def body(state, _):
+        state, losses = epoch_fn(state, x, y, hyper)
+        record = {"train_loss": jnp.mean(losses)}
+        for name, (xe, ye) in eval_sets.items():
+            record[f"{name}_eval_loss"], record[f"{name}_acc"] = train.evaluate(
+                state.params, state.bn_state, xe, ye, activation=spec.activation, drop_rate=rate,
+                dropout_mode=spec.dropout_mode)
+        return state, record
+
+    return jax.lax.scan(body, state, None, length=epochs)
+
+
+_init_many = jax.jit(jax.vmap(_init_one, in_axes=(None, None, 0, 0)), static_argnums=0)
+_train_many = jax.jit(jax.vmap(_train_one, in_axes=(None, None, 0, 0, None, None, None)), static_argnums=(0, 1))
+
+
+def _hparams(hparams: dict) -> tuple[dict, int]:
+    arrays = {k: jnp.asarray(v, jnp.float32).reshape(-1) for k, v in hparams.items()}
+    sizes = {k: v.shape[0] for k, v in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"every hyperparameter needs one value per trial; got lengths {sizes}")
+    return arrays, next(iter(sizes.values()), 1)
+
+
+def init_trials(key, spec: Spec, hparams: dict, seeds=None) -> Trials:
+    """``T`` fresh trials; ``seeds`` (default ``0..T-1``) pick each one's initial weights."""
+    hp, n = _hparams(hparams)
+    _check_spec(spec, hp)
+    seeds = jnp.arange(n, dtype=jnp.int32) if seeds is None else jnp.asarray(seeds, jnp.int32).reshape(-1)
+    if seeds.shape[0] != n:
+        raise ValueError(f"seeds must have one entry per trial ({n}); got {seeds.shape[0]}")
+    if not hp:  # only seeds vary: give vmap an axis to map over
+        n = seeds.shape[0]
+    return Trials(_init_many(spec, key, seeds, hp), hp, seeds, {})
+
+
+def _pairs(train_data, validation, test) -> tuple:
+    x, y = (jnp.asarray(a) for a in train_data)
+    sets = {"train": (x, y)}
+    for name, pair in (("val", validation), ("test", test)):
+        if pair is not None and len(pair[0]):
+            sets[name] = tuple(jnp.asarray(a) for a in pair)
+    return x, y, sets
+
+
+def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validation=None, test=None) -> Trials:
+    """Train every trial ``epochs`` more epochs (one compiled, vmapped program)."""
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int; got {epochs!r}")
+    x, y, sets = _pairs(train_data, validation, test)
+    if not 1 <= spec.batch_size <= x.shape[0]:
+        raise ValueError(f"batch_size must be in [1, {x.shape[0]}] (the training set size); got {spec.batch_size}")
+    state, records = _train_many(spec, epochs, trials.state, trials.hparams, x, y, sets)
+    history = dict(trials.history)
+    for k, v in records.items():  # (T, epochs)
+        history[k] = np.concatenate([history[k], np.asarray(v)], axis=1) if k in history else np.asarray(v)
+    return Trials(state, trials.hparams, trials.seeds, history)
+
+
+def run_trials(key, spec: Spec, hparams: dict, train_data, *, epochs: int, validation=None, test=None,
+               seeds=None) -> Trials:
+    """:func:`init_trials` then :func:`train_trials`."""
+    return train_trials(init_trials(key, spec, hparams, seeds), spec, train_data, epochs=epochs,
+                        validation=validation, test=test)
+
+
+def select(trials: Trials, index) -> Trials:
+    """The trials at ``index`` (an int array), in that order."""
+    index = np.asarray(index)
+    pick = lambda a: a[index]
+    return Trials(jax.tree.map(pick, trials.state), {k: pick(v) for k, v in trials.hparams.items()},
+                  pick(trials.seeds), {k: v[index] for k, v in trials.history.items()})
+
+
+def table(trials: Trials, metric: str = "val_acc") -> list[dict]:
+    """One row per trial (hyperparameters and final metrics), best ``metric`` first."""
+    rows = []
+    for i in range(int(trials.seeds.shape[0])):
+        row = {"trial": i, "seed": int(trials.seeds[i])}
+        row.update({k: float(v[i]) for k, v in trials.hparams.items()})
+        row.update({k: float(v[i, -1]) for k, v in trials.history.items()})
+        rows.append(row)
+    reverse = not metric.endswith("loss")
+    return sorted(rows, key=lambda r: r.get(metric, float("nan")), reverse=reverse)
+
+
+# ----------------------------------------------------------------- searches
+def _log_uniform(key, ranges: dict, n: int) -> dict:
+    out = {}
+    for i, (name, (lo, hi)) in enumerate(sorted(ranges.items())):
+        if not 0 < lo <= hi:
+            raise ValueError(f"range for {name} must satisfy 0 < low <= high (log-uniform); got ({lo}, {hi})")
+        u = jax.random.uniform(jax.random.fold_in(key, i), (n,), minval=math.log10(lo), maxval=math.log10(hi))
+        out[name] = 10.0**u
+    return out
+
+
+def random_search(key, spec: Spec, ranges: dict, train_data, validation, *, n_trials: int, epochs: int,
+                  test=None) -> tuple[Trials, list[dict]]:
+    """The book's search: each hyperparameter ``10 ** U(log10 low, log10 high)``, every trial
+    trained ``epochs`` epochs; returns the trials and their table, best validation accuracy first."""
+    hp = _log_uniform(jax.random.fold_in(key, 1), ranges, n_trials)
+    trials = run_trials(key, spec, hp, train_data, epochs=epochs, validation=validation, test=test)
+    return trials, table(trials)
+
+
+def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *, n_trials: int,
+                       max_epochs: int, min_epochs: int = 1, eta: int = 3, test=None) -> tuple[Trials, list[dict], dict]:
+    """Random search that stops bad trials early.
+
+    Rung ``i`` trains the survivors up to ``min_epochs * eta ** i`` epochs (the last rung to
+    ``max_epochs``) and keeps the best ``1 / eta`` by validation accuracy. Samples the same
+    hyperparameters as :func:`random_search` with the same key.
+
+    Returns:
+      ``(final trials, their table, summary)``; the summary counts the epochs trained against the
+      ``n_trials * max_epochs`` of a full search.
+    """
+    if not (isinstance(eta, int) and eta >= 2):
+        raise ValueError(f"eta must be an int >= 2; got {eta!r}")
+    if not 1 <= min_epochs <= max_epochs:
+        raise ValueError(f"need 1 <= min_epochs <= max_epochs; got {min_epochs} and {max_epochs}")
+    hp = _log_uniform(jax.random.fold_in(key, 1), ranges, n_trials)
+    trials = init_trials(key, spec, hp)
+    done, spent, rungs, budget = 0, 0, [], min_epochs
+    while True:
+        budget = min(budget, max_epochs)
+        trials = train_trials(trials, spec, train_data, epochs=budget - done, validation=validation, test=test)
+        spent += (budget - done) * int(trials.seeds.shape[0])
+        rungs.append({"epochs": budget, "trials": int(trials.seeds.shape[0])})
+        done = budget
+        if budget >= max_epochs or trials.seeds.shape[0] == 1:
+            break
+        keep = max(1, math.ceil(trials.seeds.shape[0] / eta))
+        order = np.argsort(-trials.history["val_acc"][:, -1], kind="stable")[:keep]
+        trials = select(trials, order)
+        budget *= eta
+    summary = {"epochs_trained": spent, "epochs_full_search": n_trials * max_epochs,
+               "fraction_of_full": spent / (n_trials * max_epochs), "rungs": rungs}
+    return trials, table(trials), summary
+
+
+# ----------------------------------------------------------------- K-fold cross-validation
+class CVResult(NamedTuple):
+    hparams: dict         # name -> (C,)
+    val_loss: np.ndarray  # (C, K) final validation loss per configuration and fold
+    val_acc: np.ndarray   # (C, K)
+    state: train.TrainState  # leaves (C, K, ...): every fold's model
+    best: int             # the configuration with the lowest mean validation loss
+
+
+def _folds(n: int, k: int, seed: int):
+    if not isinstance(k, int) or not 2 <= k <= n:
+        raise ValueError(f"k must be an int in [2, {n}]; got {k!r}")
+    order = np.random.default_rng(seed).permutation(n)[: n - n % k].reshape(k, -1)  # (k, n // k)
+    train_idx = np.stack([np.concatenate([order[j] for j in range(k) if j != f]) for f in range(k)])
+    return train_idx, order  # (k, n - n//k), (k, n//k)
+
+
+def kfold_cv(key, spec: Spec, hparams: dict, x, y, *, k: int, epochs: int, seed: int = 0) -> CVResult:
+    """K-fold cross-validation of ``C`` configurations, vmapped over configurations and folds.
+
+    Folds have equal sizes: the ``n % k`` samples left over by the seeded shuffle are not used.
+    Every configuration sees the same folds and, per fold, the same initial weights.
+    """
+    hp, c = _hparams(hparams)
+    _check_spec(spec, hp)
+    x, y = np.asarray(x), np.asarray(y)
+    train_idx, val_idx = _folds(len(x), k, seed)
+    xs, ys, xv, yv = (jnp.asarray(a) for a in (x[train_idx], y[train_idx], x[val_idx], y[val_idx]))
+    folds = jnp.arange(k, dtype=jnp.int32)
+
+    def one_config(hp_c):
+        def one_fold(fold, xf, yf, xvf, yvf):
+            state = _init_one(spec, key, fold, hp_c)
+            return _train_one(spec, epochs, state, hp_c, xf, yf, {"val": (xvf, yvf)})
+        return jax.vmap(one_fold)(folds, xs, ys, xv, yv)
+
+    state, records = jax.jit(jax.vmap(one_config))(hp)
+    val_loss, val_acc = np.asarray(records["val_eval_loss"][..., -1]), np.asarray(records["val_acc"][..., -1])
+    return CVResult(hp, val_loss, val_acc, state, int(np.argmin(val_loss.mean(axis=1))))
+
+
+def ensemble_accuracy(states, x, y, *, activation="relu") -> float:
+    """Accuracy of the average softmax of the models in ``states`` (leaves ``(M, ...)``)."""
+    def probs(s):
+        logits, _ = nn.apply(s.params, x, state=s.bn_state, activation=activation)
+        return jax.nn.softmax(logits, axis=-1)
+
+    p = jnp.mean(jax.vmap(probs)(states), axis=0)
+    return float(jnp.mean(jnp.argmax(p, axis=-1) == jnp.asarray(y)))

@@ -1,0 +1,109 @@
+"""vmapped sweeps: each trial equals training it alone; searches, halving, K-fold CV."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxscratch import data, nn, optim, sweep, train
+
+
+@pytest.fixture(scope="module")
+def small():
+    ds = data.load_digits()
+    x, y = ds.x_train[:300], ds.y_train[:300]
+    xt, yt, xv, yv = data.train_val_split(x, y, 0.2, seed=0)
+    return (xt, yt), (xv, yv), (ds.x_test, ds.y_test)
+
+
+SPEC = sweep.Spec(sizes=(64, 32, 32, 10), optimizer="momentum", batch_size=40)
+
+
+def test_each_vmapped_trial_equals_training_it_alone(small):
+    tr, va, _ = small
+    hp = {"learning_rate": [0.01, 0.05, 0.1], "momentum": [0.5, 0.9, 0.8], "weight_decay": [0.0, 1e-3, 1e-2],
+          "drop_rate": [0.0, 0.1, 0.3], "init_scale": [0.05, 0.1, 0.2]}
+    key = jax.random.key(7)
+    trials = sweep.run_trials(key, SPEC, hp, tr, epochs=3, validation=va, seeds=[4, 5, 6])
+    assert trials.history["val_acc"].shape == (3, 3)
+    for i, seed in enumerate([4, 5, 6]):
+        k = jax.random.fold_in(key, seed)
+        params = nn.init_mlp(k, SPEC.sizes, weight_init=hp["init_scale"][i])
+        alone = train.fit(k, params, optim.momentum(hp["learning_rate"][i], hp["momentum"][i]), tr, epochs=3,
+                          batch_size=40, validation=va, weight_decay=hp["weight_decay"][i],
+                          drop_rate=hp["drop_rate"][i], verbose=False)
+        for a, b in zip(jax.tree.leaves(alone.state.params), jax.tree.leaves(trials.state.params)):
+            np.testing.assert_allclose(b[i], a, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(trials.history["train_loss"][i], alone.history["train_loss"], rtol=1e-4)
+        np.testing.assert_allclose(trials.history["val_acc"][i], alone.history["val_acc"], atol=0.0101)
+
+
+def test_seed_only_sweep_and_continuation(small):
+    tr, va, _ = small
+    key = jax.random.key(0)
+    spec = SPEC._replace(optimizer="sgd")
+    five = sweep.run_trials(key, spec, {"learning_rate": [0.1] * 4}, tr, epochs=5, validation=va)
+    two = sweep.run_trials(key, spec, {"learning_rate": [0.1] * 4}, tr, epochs=2, validation=va)
+    three_more = sweep.train_trials(two, spec, tr, epochs=3, validation=va)
+    for a, b in zip(jax.tree.leaves(five.state.params), jax.tree.leaves(three_more.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert three_more.history["val_acc"].shape == (4, 5)
+    # different seeds, different initial weights, different results
+    assert len({round(float(v), 6) for v in five.history["train_loss"][:, 0]}) == 4
+
+
+def test_random_search_table_and_log_uniform_ranges(small):
+    tr, va, _ = small
+    trials, rows = sweep.random_search(jax.random.key(1), SPEC._replace(optimizer="sgd"),
+                                       {"learning_rate": (1e-4, 1e-1), "weight_decay": (1e-8, 1e-4)},
+                                       tr, va, n_trials=12, epochs=3)
+    assert len(rows) == 12
+    accs = [r["val_acc"] for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    lrs = np.asarray(trials.hparams["learning_rate"])
+    assert lrs.min() >= 1e-4 and lrs.max() <= 1e-1 and np.log10(lrs).std() > 0.3  # spread over decades
+    assert rows[0]["learning_rate"] > 1e-3  # tiny learning rates cannot win in 3 epochs
+
+
+def test_successive_halving_saves_compute_and_finds_a_good_trial(small):
+    tr, va, _ = small
+    spec, ranges = SPEC._replace(optimizer="sgd"), {"learning_rate": (1e-4, 3e-1)}
+    full, full_rows = sweep.random_search(jax.random.key(2), spec, ranges, tr, va, n_trials=9, epochs=9)
+    halved, rows, summary = sweep.successive_halving(jax.random.key(2), spec, ranges, tr, va, n_trials=9,
+                                                     max_epochs=9, min_epochs=1, eta=3)
+    assert [r["trials"] for r in summary["rungs"]] == [9, 3, 1]
+    assert [r["epochs"] for r in summary["rungs"]] == [1, 3, 9]
+    assert summary["epochs_trained"] == 9 * 1 + 3 * 2 + 1 * 6 and summary["fraction_of_full"] < 0.3
+    # the same hyperparameters were sampled; the survivor is one of the full search's trials
+    assert rows[0]["learning_rate"] in [pytest.approx(r["learning_rate"]) for r in full_rows]
+    assert rows[0]["val_acc"] >= full_rows[0]["val_acc"] - 0.1
+
+
+def test_kfold_cv_vmapped_over_configurations_and_folds(small):
+    tr, _, test = small
+    x, y = tr
+    result = sweep.kfold_cv(jax.random.key(3), SPEC._replace(optimizer="sgd"), {"learning_rate": [1e-4, 0.1]},
+                            x, y, k=4, epochs=4)
+    assert result.val_loss.shape == (2, 4) and result.val_acc.shape == (2, 4)
+    assert result.best == 1  # lr 0.1 learns, 1e-4 barely moves
+    assert result.val_acc[1].mean() > result.val_acc[0].mean() + 0.2
+    best_models = jax.tree.map(lambda a: a[result.best], result.state)
+    acc = sweep.ensemble_accuracy(best_models, jnp.asarray(test[0]), test[1])
+    assert acc > 0.5
+
+
+def test_folds_cover_every_sample_once():
+    train_idx, val_idx = sweep._folds(103, 5, seed=0)
+    assert val_idx.shape == (5, 20) and train_idx.shape == (5, 80)
+    assert len(np.unique(val_idx)) == 100  # 3 left over by the equal-size folds
+    for f in range(5):
+        assert not set(train_idx[f]) & set(val_idx[f])
+
+
+@pytest.mark.parametrize("hp, match", [
+    ({"learning_rate": [0.1, 0.2], "momentum": [0.9]}, "one value per trial"),
+    ({"beta": [0.1]}, "cannot sweep 'beta' with momentum"),
+])
+def test_bad_sweeps(small, hp, match):
+    tr, va, _ = small
+    with pytest.raises(ValueError, match=match):
+        sweep.run_trials(jax.random.key(0), SPEC, hp, tr, epochs=1, validation=va)
