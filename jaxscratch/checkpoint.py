@@ -122,7 +122,7 @@ def _encode(leaf_path: str, leaf) -> tuple[dict, np.ndarray]:
                         "be arrays or Python numbers (put strings and settings in metadata)")
     entry = {"path": leaf_path, "shape": list(leaf.shape), "dtype": _dtype_name(leaf.dtype)}
     if _is_key(leaf.dtype):
-        entry["key_impl"] = str(jax.random.key_impl(leaf))
+        entry["key_impl"] = _impl_name(leaf)
         leaf = jax.random.key_data(leaf)
     arr = np.asarray(leaf)  # device -> host
     if not arr.dtype.isnative:
@@ -348,6 +348,15 @@ def _read_leaves(zf: zipfile.ZipFile, manifest: dict, path: str) -> list[np.ndar
         raise CheckpointError(f"{path} is damaged: the SHA-256 checksum of its arrays differs from the one "
                               "recorded when it was saved; restore an earlier checkpoint")
     return arrays
+
+
+# Older JAX prints a key implementation by its short name; wrap_key_data wants the long one.
+_IMPL_NAMES = {"fry": "threefry2x32", "urbg": "unsafe_rbg"}
+
+
+def _impl_name(key) -> str:
+    name = str(jax.random.key_impl(key))
+    return _IMPL_NAMES.get(name, name)
 
 
 def _decode(path: str, entry: dict, stored: np.ndarray) -> np.ndarray | jax.Array:

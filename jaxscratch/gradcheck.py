@@ -95,7 +95,7 @@ def _leaf_gradient(f, leaves, h, treedef, index, chunk_size):
         return f(jax.tree.unflatten(treedef, new_leaves))
 
     def entry(i):
-        diff = f_at(flat.at[i].add(h)) - f_at(flat.at[i].subtract(h))
+        diff = f_at(flat.at[i].add(h)) - f_at(flat.at[i].add(-h))
         return jnp.asarray(diff).astype(leaf.dtype) / (2 * h)
 
     grad = jax.lax.map(entry, jnp.arange(flat.size), batch_size=chunk_size)  # (n,)
