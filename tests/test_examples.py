@@ -20,6 +20,14 @@ CASES = {
     "gradient_descent.py": (["--out", "{out}"], r"-0\.034\d.*0\.046\d", ["gradient_descent.png"]),
     "optimizer_paths.py": (["--out", "{out}"], r"adagrad\s+lr 1\.5", ["optimizer_paths_textbook.png"]),
     "gradient_check.py": ([], r"relative", []),
+    "optimizer_comparison.py": (["--out", "{out}"], r"adam\s+loss \S+\s+test acc (9\d|100)\.\d%",
+                                ["optimizer_comparison.png"]),
+    "activation_histograms.py": (["--out", "{out}"], r"relu\s+he(\s+0\.[6-9]\d*){5}",  # He keeps the scale
+                                 [f"activation_histograms_{a}.png" for a in ("sigmoid", "tanh", "relu")]),
+    "weight_init_comparison.py": (["--out", "{out}"],
+                                  r"std 0\.01\s+loss 2\.30\d*\s(?s:.*)He sqrt\(2/n\)\s+loss 0\.\d+\s+test acc [89]\d\.\d%",
+                                  ["weight_init_comparison.png"]),
+    "overfitting.py": (["--out", "{out}"], r"plain\s+100 epochs\s+train\s+9\d\.\d%", ["overfitting.png"]),
 }
 
 
