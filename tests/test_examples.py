@@ -28,6 +28,9 @@ CASES = {
                                   r"std 0\.01\s+loss 2\.30\d*\s(?s:.*)He sqrt\(2/n\)\s+loss 0\.\d+\s+test acc [89]\d\.\d%",
                                   ["weight_init_comparison.png"]),
     "overfitting.py": (["--out", "{out}"], r"plain\s+100 epochs\s+train\s+9\d\.\d%", ["overfitting.png"]),
+    "batchnorm_grid.py": (["--out", "{out}"], r"BN wins at 1[0-6]/16 scales", ["batchnorm_grid.png"]),
+    "hyperparameter_search.py": (["--out", "{out}"], r"(?s)random search: 12 trials x 3 epochs.*successive halving: 12 -> 4 trials.*: (NOT )?within 1 point.*halving winner test \d+\.\d%", ["hyperparameter_search.png"]),
+    "kfold_cv.py": (["--out", "{out}"], r"(?s)9 configurations x 3 folds.*best: lr \S+ wd \S+.*\(b\) ensemble of the 3 fold models: test \d+\.\d%", ["kfold_cv.png"]),
 }
 
 
