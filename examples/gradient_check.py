@@ -3,7 +3,7 @@
 Run:
     python examples/gradient_check.py [--quick]
 
-Uses scikit-learn's 8x8 digits if installed (pixels scaled to [0, 1]), otherwise random data.
+Uses the 8x8 digits shipped with jaxscratch (pixels scaled to [0, 1]).
 Expected output (digits vary by platform; every relative error ~1e-9, far below 1e-6):
     data: digits, 100 samples, MLP 64 -> 50 -> 10, float64, h = 0.0001
     tanh  [0]['b']  max abs 2.5e-10  relative 1.5e-09

@@ -13,15 +13,14 @@ import numpy as np
 __all__ = ["comparison_figure", "smooth_curve", "training_figure"]
 
 
-def _pyplot():
+def _figure(**kwargs):
+    """A matplotlib Figure that is not registered with pyplot: no backend switch (a notebook's
+    inline display keeps working), nothing to close, nothing shown."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("figures need matplotlib: python -m pip install 'jaxscratch[examples]'") from None
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _save(fig, path) -> str:
@@ -51,8 +50,8 @@ def smooth_curve(values, window: int = 11) -> np.ndarray:
 
 def training_figure(history: dict, path, *, title: str = "") -> str:
     """Per-step loss (smoothed) and per-epoch accuracies, side by side."""
-    plt = _pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = _figure(figsize=(10, 3.8))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     step_loss = np.asarray(history.get("step_loss", []))
     if step_loss.size:
         ax_loss.plot(step_loss, color="0.8", lw=0.8, label="per step")
@@ -68,23 +67,17 @@ def training_figure(history: dict, path, *, title: str = "") -> str:
     ax_acc.legend()
     if title:
         fig.suptitle(title)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def comparison_figure(curves: dict, path, *, title: str = "") -> str:
     """Smoothed loss curves, one per optimizer (the book's Figure 6-9)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = _figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     for i, (name, losses) in enumerate(curves.items()):
         ax.plot(smooth_curve(np.asarray(losses)), label=name, color=f"C{i}", lw=1.2)
     ax.set(xlabel="iteration", ylabel="loss (smoothed)", ylim=(0, None))
     ax.legend()
     if title:
         ax.set_title(title)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
