@@ -11,6 +11,7 @@ import argparse
 import inspect
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -440,14 +441,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # SIGTERM ends a run like Ctrl-C: checkpoints stay whole (main thread only)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:
+        previous = None
     try:
         return args.func(args)
     except UsageError as err:
         print(f"jaxscratch {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:
+        hint = f"; lower --learning-rate, then jaxscratch train --out {args.out} --resume" if args.command == "train" else ""
+        print(f"jaxscratch {args.command}: error: {err}{hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"jaxscratch {args.command}: interrupted", file=sys.stderr)
+        resume = f"; the last finished epoch is saved: continue with --out {args.out} --resume" if args.command == "train" else ""
+        print(f"jaxscratch {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -165,6 +165,20 @@ def _fmt(record: dict, epoch: int, epochs: int) -> str:
     return "  ".join(parts)
 
 
+def _check_finite(step_losses: np.ndarray, record: dict, step: int, epoch: int) -> None:
+    """Stop on a NaN or Inf loss, naming the first bad step; the caller's last saved state
+    (the previous epoch's) stays the last good one."""
+    bad = ~np.isfinite(step_losses)
+    if bad.any():
+        first = int(np.argmax(bad))
+        at = step - len(step_losses) + first + 1
+        raise FloatingPointError(f"training diverged: loss {step_losses[first]} at step {at} (epoch {epoch}); "
+                                 f"the state after epoch {epoch - 1} is the last good one")
+    if not np.isfinite(record.get("train_eval_loss", 0.0)):
+        raise FloatingPointError(f"training diverged: the parameters after epoch {epoch} (step {step}) give a "
+                                 f"non-finite loss; the state after epoch {epoch - 1} is the last good one")
+
+
 def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_size: int = 100,
         validation=None, test=None, activation="relu", weight_decay=0.0, drop_rate=0.0,
         dropout_mode="inverted", sampling="epoch", state: TrainState | None = None,
@@ -182,6 +196,11 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
       state, best, history: from an earlier ``fit`` (or a checkpoint) to resume.
       verbose: print one dense line per epoch. on_epoch: ``f(epoch, result_so_far)`` after each
         epoch (checkpointing); returning ``False`` stops training.
+
+    Raises:
+      FloatingPointError: a NaN or Inf loss, naming the first bad step. It is detected once per
+        epoch from the losses the scan returns (no host sync per step), before ``on_epoch``
+        runs, so a checkpoint written there never holds a diverged state.
 
     Returns:
       :class:`FitResult` with the last state, the best-validation state and the history.
@@ -221,7 +240,8 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
         for name, (xe, ye) in sets.items():
             loss, acc = eval_fn(state.params, state.bn_state, xe, ye, eval_rate)
             record[f"{name}_eval_loss"], record[f"{name}_acc"] = float(loss), float(acc)
-        step_losses = np.asarray(step_losses)
+        step_losses = np.asarray(step_losses)  # one transfer per epoch: no host sync inside the scan
+        _check_finite(step_losses, record, int(state.step), epoch)
         record["train_loss"] = float(step_losses.mean())
         record["time"] = time.perf_counter() - start
         history.setdefault("step_loss", []).extend(step_losses.tolist())

@@ -126,3 +126,35 @@ def test_console_entry_points_show_defaults():
         assert expected in text
     bad = subprocess.run([sys.executable, "-m", "jaxscratch", "train", "--epochs", "ten"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "expected an int; got 'ten'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_divergence_is_one_clear_line(tmp_path, capsys):
+    code, _, err = run(["train", "--optimizer", "sgd", "--learning-rate", "1e12", "--out", tmp_path / "d", "--quiet"], capsys)
+    assert code == 1 and "training diverged" in err and "--resume" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d" / "metrics.json").exists()
+
+
+def test_sigterm_keeps_the_last_epoch_and_resume_finishes(tmp_path):
+    """SIGTERM mid-run: exit 130 with the last finished epoch saved; --resume completes the run."""
+    import signal
+    import time
+
+    out = tmp_path / "t"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "jaxscratch", "train", "--epochs", "400", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.npz").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
+    from jaxscratch import checkpoint
+
+    done = len(checkpoint.load_metadata(out / "checkpoint.npz")["history"]["epoch"])
+    assert 1 <= done < 400
+    again = subprocess.run([sys.executable, "-m", "jaxscratch", "train", "--out", str(out), "--resume", "--epochs",
+                            str(done + 2), "--quiet"], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == done + 2

@@ -132,3 +132,12 @@ def test_fashion_mnist_textbook_protocol_reaches_86_percent():
                        test=(ds.x_test, ds.y_test), verbose=False)
     assert int(result.state.step) == 5 * (60000 // 128)
     assert result.history["test_acc"][-1] >= 0.86
+
+
+def test_divergence_stops_with_the_step_named(digits, key):
+    _, tr, _ = digits
+    params = nn.init_mlp(key, (64, 32, 10))
+    seen = []
+    with pytest.raises(FloatingPointError, match=r"training diverged: loss (nan|inf) at step \d+ \(epoch 1\)"):
+        train.fit(key, params, optim.sgd(1e12), tr, epochs=3, verbose=False, on_epoch=lambda e, r: seen.append(e))
+    assert seen == []  # nothing diverged was handed to the checkpoint callback
