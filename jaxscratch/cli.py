@@ -167,7 +167,8 @@ def cmd_train(args) -> int:
     if args.resume:
         if not os.path.exists(ckpt):
             raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
-        stored = _read_meta(ckpt)["config"]
+        meta = _read_meta(ckpt)  # read once: the configuration now, the history after restoring
+        stored = meta["config"]
         for k in list(DEFAULTS) + OPT_FLAGS:
             given = getattr(args, k)
             if k != "epochs" and given is not None and given != stored.get(k, DEFAULTS.get(k)):
@@ -192,7 +193,7 @@ def cmd_train(args) -> int:
         except checkpoint.CheckpointError as err:
             raise UsageError(f"--resume: {err}") from None
         state, best = restored["state"], restored["best"]
-        history = _read_meta(ckpt)["history"]
+        history = meta["history"]
     os.makedirs(out, exist_ok=True)
     decoupled = cfg["optimizer"] in DECOUPLED_DECAY
     start = time.perf_counter()

@@ -174,19 +174,12 @@ def mlp(params: Sequence[dict[str, jax.Array]], x: jax.Array, *, activation: str
     Returns:
       Logits of shape ``(..., n_out)``.
     """
-    act = _activation(activation)
-    _check_input(params, x)
     if _has_batchnorm(params):
         raise ValueError(
             "params hold batch-norm layers, which need running statistics: use "
             "nn.apply(params, x, state=bn_state, train=False)"
         )
-    h = x
-    for i, layer in enumerate(params):
-        h = h @ layer["w"] + _row(layer["b"], h)  # (..., n_out of layer i)
-        if i < len(params) - 1:
-            h = act(h)
-    return h
+    return apply(params, x, activation=activation)[0]  # evaluation mode, no dropout
 
 
 def batch_norm(x, gamma, beta, running, *, train: bool, momentum=BN_MOMENTUM, eps=BN_EPS):

@@ -245,8 +245,8 @@ def inject_hyperparams(factory: Callable[..., Optimizer]) -> Callable[..., Optim
             return InjectState(_zeros_count(), hp, factory(**static, **hp).init(params))
 
         def update(grads, state, params=None):
-            hp = {k: (values(state.count)[k] if callable(numeric[k]) else state.hyperparams[k])
-                  for k in numeric}
+            current = values(state.count)  # schedules at this step; numbers come from the state
+            hp = {k: current[k] if callable(numeric[k]) else state.hyperparams[k] for k in numeric}
             updates, inner = factory(**static, **hp).update(grads, state.inner_state, params)
             return updates, InjectState(_increment(state.count), hp, inner)
 
