@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "Optimizer", "apply_updates", "chain", "add_decayed_weights", "clip_by_global_norm",
-    "inject_hyperparams", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
+    "Optimizer", "ApplyIfFiniteState", "apply_updates", "apply_if_finite", "chain",
+    "add_decayed_weights", "clip_by_global_norm", "inject_hyperparams", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
     "adamw", "nadam", "adamax", "lion", "adadelta", "OPTIMIZERS",
 ]
 
@@ -95,6 +95,14 @@ class AdadeltaState(NamedTuple):
 class InjectState(NamedTuple):
     count: jax.Array
     hyperparams: dict
+    inner_state: Any
+
+
+class ApplyIfFiniteState(NamedTuple):
+    count: jax.Array            # updates seen, finite or not
+    notfinite_count: jax.Array  # consecutive non-finite gradients (0 after a finite one)
+    last_finite: jax.Array      # whether the last gradient was finite
+    total_notfinite: jax.Array  # non-finite gradients skipped or applied, never reset
     inner_state: Any
 
 
@@ -236,23 +244,72 @@ def inject_hyperparams(factory: Callable[..., Optimizer]) -> Callable[..., Optim
         numeric = {k: v for k, v in kwargs.items()
                    if callable(v) or (not isinstance(v, bool) and isinstance(v, (int, float, jax.Array)))}
         static = {k: v for k, v in kwargs.items() if k not in numeric}
-
-        def values(count):
-            return {k: jnp.asarray(_at(v, count), jnp.result_type(float)) for k, v in numeric.items()}
+        schedules = {k: v for k, v in numeric.items() if callable(v)}
 
         def init(params):
-            hp = values(jnp.zeros([], jnp.int32))
+            zero = jnp.zeros([], jnp.int32)
+            hp = {k: jnp.asarray(_at(v, zero), jnp.result_type(float)) for k, v in numeric.items()}
             return InjectState(_zeros_count(), hp, factory(**static, **hp).init(params))
 
-        def update(grads, state, params=None):
-            current = values(state.count)  # schedules at this step; numbers come from the state
-            hp = {k: current[k] if callable(numeric[k]) else state.hyperparams[k] for k in numeric}
-            updates, inner = factory(**static, **hp).update(grads, state.inner_state, params)
-            return updates, InjectState(_increment(state.count), hp, inner)
-
+        # The update reads the numbers from the state, so it depends only on the factory, the
+        # static arguments, the names and the schedules: equal ones share one function, and
+        # ``train.fit``'s compilation cache serves every value (no recompilation).
+        key = (factory, tuple(sorted(static.items())), tuple(sorted(numeric)),
+               tuple(sorted(schedules.items())))
+        try:
+            update = _INJECTED_UPDATES.get(key)
+        except TypeError:  # an unhashable static argument (a mask pytree): no sharing
+            key, update = None, None
+        if update is None:
+            update = _injected_update(factory, static, tuple(numeric), schedules)
+            if key is not None and len(_INJECTED_UPDATES) < 256:
+                _INJECTED_UPDATES[key] = update
         return Optimizer(init, update)
 
     return wrapped
+
+
+_INJECTED_UPDATES: dict = {}
+
+
+def _injected_update(factory, static: dict, names: tuple, schedules: dict):
+    def update(grads, state, params=None):
+        # schedules are evaluated at this step; numbers come from the state
+        hp = {k: jnp.asarray(schedules[k](state.count), jnp.result_type(float)) if k in schedules
+              else state.hyperparams[k] for k in names}
+        updates, inner = factory(**static, **hp).update(grads, state.inner_state, params)
+        return updates, InjectState(_increment(state.count), hp, inner)
+
+    return update
+
+
+def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 5) -> Optimizer:
+    """Skip updates whose gradients hold a NaN or Inf (optax's ``apply_if_finite``).
+
+    A non-finite gradient gives zero updates and leaves ``inner``'s state as it was; after more
+    than ``max_consecutive_errors`` in a row the update is applied anyway, so a run that keeps
+    failing shows it (``train.fit`` then stops with the step named). The counts are in the state
+    (:class:`ApplyIfFiniteState`); ``train.fit`` reports ``total_notfinite`` per epoch.
+    """
+    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) \
+            or max_consecutive_errors < 0:
+        raise ValueError(f"max_consecutive_errors must be an int >= 0; got {max_consecutive_errors!r}")
+
+    def init(params):
+        zero = jnp.zeros([], jnp.int32)
+        return ApplyIfFiniteState(_zeros_count(), zero, jnp.ones([], bool), zero, inner.init(params))
+
+    def update(grads, state, params=None):
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [jnp.bool_(True)]))
+        run = jnp.where(finite, 0, _increment(state.notfinite_count))
+        apply = finite | (run > max_consecutive_errors)
+        updates, new_inner = inner.update(grads, state.inner_state, params)
+        updates = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), updates)
+        new_inner = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_inner, state.inner_state)
+        total = jnp.where(finite, state.total_notfinite, _increment(state.total_notfinite))
+        return updates, ApplyIfFiniteState(_increment(state.count), run, finite, total, new_inner)
+
+    return Optimizer(init, update)
 
 
 # ---------------------------------------------------------------- optimizers

@@ -20,9 +20,20 @@ Contract:
     metrics as NumPy arrays.
   * Loss: softmax cross-entropy plus the book's ``0.5 * weight_decay * sum(W ** 2)`` over weight
     matrices only (``losses.l2_penalty``).
+  * Compilation: ``fit`` keeps its compiled epoch and evaluation programs in a cache keyed by
+    ``optimizer.update`` and the static configuration, so a second ``fit`` with the same
+    optimizer object (or an ``optim.inject_hyperparams`` optimizer with other values), or other
+    ``weight_decay`` / ``drop_rate`` values, compiles nothing. Evaluation compiles one program
+    for a fixed chunk of rows that serves the train, validation and test sets alike.
+  * Scale: ``fit(..., mesh=jax.sharding.Mesh(...))`` splits every batch over the mesh's data
+    axis (data parallelism); the data set, parameters and optimizer state are replicated, and
+    XLA inserts the gradient all-reduce. ``compute_dtype=jnp.bfloat16`` computes the forward
+    and backward passes in bf16 while parameters, optimizer state, batch-norm statistics and
+    the loss stay float32 (mixed precision, for GPU/TPU).
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -37,7 +48,8 @@ __all__ = ["FitResult", "Hyper", "TrainState", "evaluate", "fit", "init_state", 
            "make_train_step", "run_steps", "SAMPLINGS"]
 
 SAMPLINGS = ("epoch", "replacement")
-_EVAL_CHUNK = 8192  # rows per evaluation chunk: bounds memory on large test sets
+_EVAL_CHUNK = 8192  # rows per evaluation chunk in evaluate(): bounds memory on large test sets
+_FIT_EVAL_CHUNK = 2048  # fit pads each set to a multiple of this: one compiled program, little waste
 
 
 class TrainState(NamedTuple):
@@ -74,13 +86,28 @@ def _as_hyper(weight_decay, drop_rate) -> Hyper:
     return Hyper(jnp.asarray(weight_decay, jnp.float32), jnp.asarray(drop_rate, jnp.float32))
 
 
+def _cast(tree, dtype):
+    """Floating leaves of ``tree`` as ``dtype`` (``None``: unchanged)."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 def make_train_step(optimizer: optim.Optimizer, *, activation="relu", dropout_mode="inverted",
-                    use_dropout=False, use_weight_decay=True) -> Callable:
-    """``step(state, x, y, hyper) -> (state, loss)``: one update on one batch (pure)."""
+                    use_dropout=False, use_weight_decay=True, compute_dtype=None) -> Callable:
+    """``step(state, x, y, hyper) -> (state, loss)``: one update on one batch (pure).
+
+    ``compute_dtype`` (e.g. ``jnp.bfloat16``): the network runs on parameters and inputs cast to
+    it; gradients, the loss, the optimizer and batch-norm statistics stay in the parameters'
+    dtype (float32 master weights).
+    """
 
     def loss_fn(params, bn_state, x, y, key, hyper):
-        logits, new_bn = nn.apply(params, x, state=bn_state, train=True, key=key, activation=activation,
+        logits, new_bn = nn.apply(_cast(params, compute_dtype), _cast(x, compute_dtype), state=bn_state,
+                                  train=True, key=key, activation=activation,
                                   drop_rate=hyper.drop_rate if use_dropout else 0.0, dropout_mode=dropout_mode)
+        if compute_dtype is not None:  # the loss in the parameters' precision
+            logits = logits.astype(jax.tree.leaves(params)[0].dtype)
         loss = losses.softmax_cross_entropy(logits, y)
         if use_weight_decay:
             loss = loss + losses.l2_penalty(params, hyper.weight_decay.astype(loss.dtype))
@@ -97,30 +124,53 @@ def make_train_step(optimizer: optim.Optimizer, *, activation="relu", dropout_mo
     return step
 
 
-def make_epoch(optimizer: optim.Optimizer, *, batch_size: int, sampling: str = "epoch", **step_kwargs) -> Callable:
-    """``epoch(state, x, y, hyper) -> (state, step_losses)``: ``len(x) // batch_size`` steps in one scan.
+def make_epoch(optimizer: optim.Optimizer, *, batch_size: int, sampling: str = "epoch", sharding=None,
+               **step_kwargs) -> Callable:
+    """``epoch(state, x, y, hyper, n=None) -> (state, step_losses)``: ``n // batch_size`` steps in one scan.
 
     ``sampling="epoch"``: a fresh permutation each epoch, cut into full batches (the remainder
     is dropped, a different one each epoch). ``"replacement"``: the book's ``np.random.choice``,
-    every batch drawn independently with replacement.
+    every batch drawn independently with replacement. ``n`` (static, default ``len(x)``): draw
+    from the first ``n`` rows only (``fit`` pads the data). ``sharding``: where each gathered
+    batch goes (a ``NamedSharding`` splitting rows over devices, for data parallelism).
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {list(SAMPLINGS)}; got {sampling!r}")
     step = make_train_step(optimizer, **step_kwargs)
 
-    def epoch(state: TrainState, x, y, hyper: Hyper):
-        n = x.shape[0]
+    def epoch(state: TrainState, x, y, hyper: Hyper, n: int | None = None):
+        n = x.shape[0] if n is None else n
         steps = n // batch_size
         e = state.step // steps
         idx = data.epoch_indices(jax.random.fold_in(jax.random.fold_in(state.key, 0), e), n, batch_size,
                                  replace=sampling == "replacement")  # (steps, batch_size)
 
         def body(state, batch_idx):
-            return step(state, jnp.take(x, batch_idx, axis=0), jnp.take(y, batch_idx, axis=0), hyper)
+            xb, yb = jnp.take(x, batch_idx, axis=0), jnp.take(y, batch_idx, axis=0)
+            if sharding is not None:
+                xb, yb = jax.lax.with_sharding_constraint((xb, yb), sharding)
+            return step(state, xb, yb, hyper)
 
         return jax.lax.scan(body, state, idx)
 
     return epoch
+
+
+def _chunk_sums(params, bn_state, xc, yc, mask, drop_rate, *, activation, dropout_mode, compute_dtype=None):
+    """Summed loss and number of correct predictions over the rows of one chunk where ``mask``."""
+    logits, _ = nn.apply(_cast(params, compute_dtype), _cast(xc, compute_dtype), state=bn_state, train=False,
+                         activation=activation, drop_rate=drop_rate, dropout_mode=dropout_mode)
+    if compute_dtype is not None:
+        logits = logits.astype(jax.tree.leaves(params)[0].dtype)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    if jnp.issubdtype(yc.dtype, jnp.integer):
+        nll = -jnp.take_along_axis(logp, yc[:, None], axis=-1)[:, 0]
+        label = yc
+    else:
+        nll = -jnp.sum(yc.astype(logp.dtype) * logp, axis=-1)
+        label = jnp.argmax(yc, axis=-1)
+    correct = jnp.argmax(logits, axis=-1) == label
+    return jnp.sum(jnp.where(mask, nll, 0)), jnp.sum(jnp.where(mask, correct, False))
 
 
 def evaluate(params, bn_state, x, y, *, activation="relu", drop_rate=0.0, dropout_mode="inverted"):
@@ -140,17 +190,8 @@ def evaluate(params, bn_state, x, y, *, activation="relu", drop_rate=0.0, dropou
 
     def one(args):
         xc, yc, mask = args
-        logits, _ = nn.apply(params, xc, state=bn_state, train=False, activation=activation,
-                             drop_rate=drop_rate, dropout_mode=dropout_mode)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        if jnp.issubdtype(yc.dtype, jnp.integer):
-            nll = -jnp.take_along_axis(logp, yc[:, None], axis=-1)[:, 0]
-            label = yc
-        else:
-            nll = -jnp.sum(yc * logp, axis=-1)
-            label = jnp.argmax(yc, axis=-1)
-        correct = jnp.argmax(logits, axis=-1) == label
-        return jnp.sum(jnp.where(mask, nll, 0)), jnp.sum(jnp.where(mask, correct, False))
+        return _chunk_sums(params, bn_state, xc, yc, mask, drop_rate, activation=activation,
+                           dropout_mode=dropout_mode)
 
     loss_sums, hits = jax.lax.map(one, (xs, ys, valid))
     return jnp.sum(loss_sums) / n, jnp.sum(hits).astype(jnp.float32) / n
@@ -165,11 +206,12 @@ def _fmt(record: dict, epoch: int, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _check_finite(step_losses: np.ndarray, record: dict, step: int, epoch: int) -> None:
+def _check_finite(step_losses: np.ndarray, record: dict, step: int, epoch: int, guarded: bool) -> None:
     """Stop on a NaN or Inf loss, naming the first bad step; the caller's last saved state
-    (the previous epoch's) stays the last good one."""
+    (the previous epoch's) stays the last good one. With ``optim.apply_if_finite`` (``guarded``)
+    a bad step was skipped, so only parameters that evaluate to a non-finite loss stop the run."""
     bad = ~np.isfinite(step_losses)
-    if bad.any():
+    if bad.any() and not guarded:
         first = int(np.argmax(bad))
         at = step - len(step_losses) + first + 1
         raise FloatingPointError(f"training diverged: loss {step_losses[first]} at step {at} (epoch {epoch}); "
@@ -179,25 +221,121 @@ def _check_finite(step_losses: np.ndarray, record: dict, step: int, epoch: int) 
                                  f"non-finite loss; the state after epoch {epoch - 1} is the last good one")
 
 
+def _check_data(name: str, pair, n_in: int, n_out: int):
+    """``pair`` as NumPy arrays, checked against the model: ``x`` ``(n, n_in)`` floating, ``y``
+    integer labels in ``[0, n_out)`` or one-hot rows ``(n, n_out)``."""
+    try:
+        x, y = (np.asarray(a) for a in pair)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an (x, y) pair of arrays; got {type(pair).__name__}") from None
+    if x.ndim != 2 or x.shape[1] != n_in:
+        raise ValueError(f"{name} x must have shape (n, {n_in}) to match the model's input layer; got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name} x must be floating point; got {x.dtype}")
+    if y.shape[:1] != x.shape[:1]:
+        raise ValueError(f"{name} x and y must have the same number of rows; got {x.shape[0]} and "
+                         f"{y.shape[0] if y.ndim else 'a scalar'}")
+    if np.issubdtype(y.dtype, np.integer):
+        if y.ndim != 1:
+            raise ValueError(f"{name} integer labels must have shape (n,); got {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= n_out):
+            raise ValueError(f"{name} labels must be in [0, {n_out}) for the model's {n_out} outputs; "
+                             f"found {y.min()}..{y.max()}")
+    elif y.ndim != 2 or y.shape[1] != n_out:
+        raise ValueError(f"{name} y must be integer labels (n,) or one-hot rows (n, {n_out}); "
+                         f"got {y.dtype} of shape {y.shape}")
+    return x, y
+
+
+def _chunked(x: np.ndarray, y: np.ndarray, chunk: int) -> tuple:
+    """``(xs (k, chunk, ...), ys, mask (k, chunk))`` on the host: rows padded with zeros."""
+    k = max(1, -(-len(x) // chunk))
+    pad = k * chunk - len(x)
+    xs = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+    ys = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)]) if pad else y
+    mask = np.arange(k * chunk) < len(x)
+    return tuple(a.reshape((k, chunk) + a.shape[1:]) for a in (xs, ys, mask))
+
+
+# Chunk i of the training set, which lives on the device in one piece (the epoch reads it).
+_take_chunk = jax.jit(lambda arrays, i: tuple(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in arrays))
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(update, *, batch_size, sampling, n, activation, dropout_mode, use_dropout, use_weight_decay,
+              compute_dtype, mesh, data_axis) -> tuple[Callable, Callable]:
+    """The compiled epoch and evaluation-chunk programs of a configuration (cached: see the
+    module docstring). The epoch takes the training set in ``fit``'s padded chunk layout."""
+    sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+    epoch = make_epoch(optim.Optimizer(None, update), batch_size=batch_size, sampling=sampling,
+                       sharding=sharding, activation=activation, dropout_mode=dropout_mode,
+                       use_dropout=use_dropout, use_weight_decay=use_weight_decay, compute_dtype=compute_dtype)
+
+    def epoch_fn(state, xs, ys, hyper):
+        flat = lambda a: a.reshape((-1,) + a.shape[2:])  # (k, chunk, ...) -> (k * chunk, ...): free
+        return epoch(state, flat(xs), flat(ys), hyper, n=n)
+
+    def eval_fn(params, bn_state, xc, yc, mask, rate):
+        if sharding is not None:
+            xc, yc, mask = jax.lax.with_sharding_constraint((xc, yc, mask), sharding)
+        return _chunk_sums(params, bn_state, xc, yc, mask, rate, activation=activation,
+                           dropout_mode=dropout_mode, compute_dtype=compute_dtype)
+
+    return jax.jit(epoch_fn, donate_argnums=0), jax.jit(eval_fn)
+
+
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # one program per tree, not one per leaf
+_init_state = jax.jit(init_state, static_argnums=2)
+
+
+def _placement(mesh, data_axis, batch_size):
+    """``(data_axis, put)``: ``put`` places an array replicated over ``mesh`` (or on the default device)."""
+    if mesh is None:
+        return None, jnp.asarray
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}")
+    if data_axis is None:
+        if len(mesh.axis_names) != 1:
+            raise ValueError(f"mesh has axes {mesh.axis_names}: name the batch axis with data_axis=")
+        data_axis = mesh.axis_names[0]
+    if data_axis not in mesh.axis_names:
+        raise ValueError(f"data_axis must be one of the mesh's axes {mesh.axis_names}; got {data_axis!r}")
+    devices = mesh.shape[data_axis]
+    if batch_size % devices:
+        raise ValueError(f"batch_size must be a multiple of the {devices} devices on mesh axis {data_axis!r}; "
+                         f"got {batch_size}")
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return data_axis, lambda a: jax.device_put(a, replicated)
+
+
 def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_size: int = 100,
         validation=None, test=None, activation="relu", weight_decay=0.0, drop_rate=0.0,
         dropout_mode="inverted", sampling="epoch", state: TrainState | None = None,
         best: TrainState | None = None, history: dict | None = None, verbose: bool = True,
-        on_epoch: Callable | None = None) -> FitResult:
+        on_epoch: Callable | None = None, mesh=None, data_axis: str | None = None,
+        compute_dtype=None) -> FitResult:
     """Train ``params`` with ``optimizer`` on ``train = (x, y)`` for ``epochs`` epochs in total.
 
     Args:
       key: the run's PRNG key (batch order and dropout derive from it and the step).
       params: initial parameters (``nn.init_mlp``); not modified.
-      optimizer: any ``(init, update)`` pair.
-      train, validation, test: ``(x, y)`` pairs of arrays; validation and test are optional.
+      optimizer: any ``(init, update)`` pair. Wrap it in ``optim.apply_if_finite`` to skip
+        updates with non-finite gradients (``history["skipped_steps"]`` counts them per epoch).
+      train, validation, test: ``(x, y)`` pairs of arrays, checked against the model: ``x``
+        ``(n, n_in)``, ``y`` integer labels in ``[0, n_out)`` or one-hot; validation and test are
+        optional.
       epochs: total number of epochs; a resumed run continues up to it.
       weight_decay: the book's L2 strength (loss penalty on weights only); drop_rate: dropout.
       state, best, history: from an earlier ``fit`` (or a checkpoint) to resume.
       verbose: print one dense line per epoch. on_epoch: ``f(epoch, result_so_far)`` after each
         epoch (checkpointing); returning ``False`` stops training.
+      mesh, data_axis: a ``jax.sharding.Mesh`` to split each batch over the devices of its
+        ``data_axis`` (default: the mesh's only axis); ``batch_size`` must be a multiple of
+        their number. The results equal single-device training to float rounding.
+      compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision (see :func:`make_train_step`).
 
     Raises:
+      ValueError, TypeError: data that do not fit the model, or bad settings (named).
       FloatingPointError: a NaN or Inf loss, naming the first bad step. It is detected once per
         epoch from the losses the scan returns (no host sync per step), before ``on_epoch``
         runs, so a checkpoint written there never holds a diverged state.
@@ -205,50 +343,71 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
     Returns:
       :class:`FitResult` with the last state, the best-validation state and the history.
     """
-    x, y = (jnp.asarray(a) for a in train)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"train x and y must have the same number of rows; got {x.shape[0]} and {y.shape[0]}")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= x.shape[0]:
+    if not params or "w" not in params[0]:
+        raise ValueError("params must be an MLP from nn.init_mlp (a list of layer dicts)")
+    n_in, n_out = params[0]["w"].shape[0], params[-1]["w"].shape[1]
+    x, y = _check_data("train", train, n_in, n_out)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= x.shape[0]:
         raise ValueError(f"batch_size must be an int in [1, {x.shape[0]}] (the training set size); got {batch_size!r}")
-    if not isinstance(epochs, int) or epochs < 0:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int; got {epochs!r}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {list(SAMPLINGS)}; got {sampling!r}")
+    if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
+        raise TypeError(f"compute_dtype must be a floating dtype such as jnp.bfloat16; got {compute_dtype!r}")
     hyper = _as_hyper(weight_decay, drop_rate)
     use_dropout = not (isinstance(drop_rate, (int, float)) and drop_rate == 0)
-    epoch_fn = jax.jit(make_epoch(optimizer, batch_size=batch_size, sampling=sampling, activation=activation,
-                                  dropout_mode=dropout_mode, use_dropout=use_dropout,
-                                  use_weight_decay=not (isinstance(weight_decay, (int, float)) and weight_decay == 0)),
-                       donate_argnums=0)
-    eval_fn = jax.jit(lambda p, s, xe, ye, r: evaluate(p, s, xe, ye, activation=activation, drop_rate=r,
-                                                        dropout_mode=dropout_mode))
-    eval_rate = hyper.drop_rate if use_dropout else jnp.float32(0)
+    data_axis, put = _placement(mesh, data_axis, batch_size)
     sets = {"train": (x, y)}
     for name, pair in (("val", validation), ("test", test)):
         if pair is not None and len(pair[0]):
-            sets[name] = tuple(jnp.asarray(a) for a in pair)
+            sets[name] = _check_data(name, pair, n_in, n_out)
+    devices = 1 if mesh is None else mesh.shape[data_axis]
+    chunk = min(_FIT_EVAL_CHUNK, max(len(xe) for xe, _ in sets.values()))
+    chunk = -(-chunk // devices) * devices
+    chunks = {name: _chunked(xe, ye, chunk) for name, (xe, ye) in sets.items()}
+    train_chunks = tuple(put(a) for a in chunks.pop("train"))  # one device copy: training and its evaluation
+    eval_chunks = {"train": [functools.partial(_take_chunk, train_chunks, i) for i in range(len(train_chunks[0]))]}
+    for name, arrays in chunks.items():  # host-split: no slicing program to compile
+        eval_chunks[name] = [functools.partial(lambda c: c, tuple(put(a[i]) for a in arrays)) for i in range(len(arrays[0]))]
+    epoch_fn, eval_fn = _programs(
+        optimizer.update, batch_size=batch_size, sampling=sampling, n=x.shape[0], activation=activation,
+        dropout_mode=dropout_mode, use_dropout=use_dropout,
+        use_weight_decay=not (isinstance(weight_decay, (int, float)) and weight_decay == 0),
+        compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype), mesh=mesh, data_axis=data_axis)
+    hyper, eval_rate = jax.tree.map(put, hyper), put(hyper.drop_rate if use_dropout else jnp.float32(0))
 
     if state is None:
-        state = init_state(key, params, optimizer)
-    state = jax.tree.map(jnp.copy, state)  # donated below: never invalidate the caller's arrays
+        state = _init_state(key, params, optimizer)
+    state = _copy(put(state) if mesh is not None else state)  # donated below: never invalidate the caller's arrays
+    guarded = isinstance(state.opt_state, optim.ApplyIfFiniteState)
     history = {k: list(v) for k, v in (history or {}).items()}
     steps_per_epoch = x.shape[0] // batch_size
     done = int(state.step) // steps_per_epoch
     best_acc = max(history.get("val_acc", [-1.0]), default=-1.0)
+    skipped = int(state.opt_state.total_notfinite) if guarded else 0
     for epoch in range(done + 1, epochs + 1):
         start = time.perf_counter()
-        state, step_losses = epoch_fn(state, x, y, hyper)
+        state, step_losses = epoch_fn(state, train_chunks[0], train_chunks[1], hyper)
+        sums = {name: [eval_fn(state.params, state.bn_state, *get(), eval_rate) for get in getters]
+                for name, getters in eval_chunks.items()}
+        extra = state.opt_state.total_notfinite if guarded else None
+        step_losses, sums, extra = jax.device_get((step_losses, sums, extra))  # the epoch's one sync
         record = {"epoch": epoch}
-        for name, (xe, ye) in sets.items():
-            loss, acc = eval_fn(state.params, state.bn_state, xe, ye, eval_rate)
-            record[f"{name}_eval_loss"], record[f"{name}_acc"] = float(loss), float(acc)
-        step_losses = np.asarray(step_losses)  # one transfer per epoch: no host sync inside the scan
-        _check_finite(step_losses, record, int(state.step), epoch)
-        record["train_loss"] = float(step_losses.mean())
+        for name, parts in sums.items():
+            n = len(sets[name][0])
+            record[f"{name}_eval_loss"] = float(sum(float(p[0]) for p in parts) / n)
+            record[f"{name}_acc"] = float(sum(int(p[1]) for p in parts) / n)
+        _check_finite(step_losses, record, int(state.step), epoch, guarded)
+        record["train_loss"] = float(np.nanmean(step_losses)) if guarded else float(step_losses.mean())
+        if guarded:
+            record["skipped_steps"], skipped = int(extra) - skipped, int(extra)
         record["time"] = time.perf_counter() - start
         history.setdefault("step_loss", []).extend(step_losses.tolist())
         for k, v in record.items():
             history.setdefault(k, []).append(v)
         if "val_acc" in record and (best is None or record["val_acc"] > best_acc):
-            best_acc, best = record["val_acc"], jax.tree.map(jnp.copy, state)  # copy: state is donated next
+            best_acc, best = record["val_acc"], _copy(state)  # copy: state is donated next
         if verbose:
             print(_fmt(record, epoch, epochs), flush=True)
         if on_epoch is not None and on_epoch(epoch, FitResult(state, best if "val" in sets else state, history)) is False:
