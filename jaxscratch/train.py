@@ -83,7 +83,8 @@ def _as_hyper(weight_decay, drop_rate) -> Hyper:
     for name, v, hi in (("weight_decay", weight_decay, None), ("drop_rate", drop_rate, 1.0)):
         if isinstance(v, (int, float)) and not (v >= 0 and (hi is None or v < hi)):
             raise ValueError(f"{name} must be in [0, {hi or 'inf'}); got {v}")
-    return Hyper(jnp.asarray(weight_decay, jnp.float32), jnp.asarray(drop_rate, jnp.float32))
+    as_f32 = lambda v: v.astype(jnp.float32) if isinstance(v, jax.Array) else np.float32(v)
+    return Hyper(as_f32(weight_decay), as_f32(drop_rate))
 
 
 def _cast(tree, dtype):
@@ -206,19 +207,19 @@ def _fmt(record: dict, epoch: int, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _check_finite(step_losses: np.ndarray, record: dict, step: int, epoch: int, guarded: bool) -> None:
-    """Stop on a NaN or Inf loss, naming the first bad step; the caller's last saved state
-    (the previous epoch's) stays the last good one. With ``optim.apply_if_finite`` (``guarded``)
-    a bad step was skipped, so only parameters that evaluate to a non-finite loss stop the run."""
+def _check_finite(step_losses: np.ndarray, params_finite: bool, step: int, epoch: int, guarded: bool) -> None:
+    """Stop on a NaN or Inf loss, naming the first bad step, or on non-finite parameters; the
+    caller's last saved state (the previous epoch's) stays the last good one. With
+    ``optim.apply_if_finite`` (``guarded``) a bad step was skipped, so only parameters stop the run."""
     bad = ~np.isfinite(step_losses)
     if bad.any() and not guarded:
         first = int(np.argmax(bad))
         at = step - len(step_losses) + first + 1
         raise FloatingPointError(f"training diverged: loss {step_losses[first]} at step {at} (epoch {epoch}); "
                                  f"the state after epoch {epoch - 1} is the last good one")
-    if not np.isfinite(record.get("train_eval_loss", 0.0)):
-        raise FloatingPointError(f"training diverged: the parameters after epoch {epoch} (step {step}) give a "
-                                 f"non-finite loss; the state after epoch {epoch - 1} is the last good one")
+    if not params_finite:
+        raise FloatingPointError(f"training diverged: the parameters after epoch {epoch} (step {step}) hold a "
+                                 f"NaN or Inf; the state after epoch {epoch - 1} is the last good one")
 
 
 def _check_data(name: str, pair, n_in: int, n_out: int):
@@ -273,7 +274,9 @@ def _programs(update, *, batch_size, sampling, n, activation, dropout_mode, use_
 
     def epoch_fn(state, xs, ys, hyper):
         flat = lambda a: a.reshape((-1,) + a.shape[2:])  # (k, chunk, ...) -> (k * chunk, ...): free
-        return epoch(state, flat(xs), flat(ys), hyper, n=n)
+        state, step_losses = epoch(state, flat(xs), flat(ys), hyper, n=n)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
+        return state, (step_losses, finite)
 
     def eval_fn(params, bn_state, xc, yc, mask, rate):
         if sharding is not None:
@@ -285,13 +288,12 @@ def _programs(update, *, batch_size, sampling, n, activation, dropout_mode, use_
 
 
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # one program per tree, not one per leaf
-_init_state = jax.jit(init_state, static_argnums=2)
 
 
 def _placement(mesh, data_axis, batch_size):
     """``(data_axis, put)``: ``put`` places an array replicated over ``mesh`` (or on the default device)."""
     if mesh is None:
-        return None, jnp.asarray
+        return None, jax.device_put  # explicit transfers (see the transfer_guard test)
     if not isinstance(mesh, jax.sharding.Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}")
     if data_axis is None:
@@ -367,7 +369,8 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
     chunk = -(-chunk // devices) * devices
     chunks = {name: _chunked(xe, ye, chunk) for name, (xe, ye) in sets.items()}
     train_chunks = tuple(put(a) for a in chunks.pop("train"))  # one device copy: training and its evaluation
-    eval_chunks = {"train": [functools.partial(_take_chunk, train_chunks, i) for i in range(len(train_chunks[0]))]}
+    eval_chunks = {"train": [functools.partial(_take_chunk, train_chunks, put(np.int32(i)))  # indices uploaded once
+                             for i in range(len(train_chunks[0]))]}
     for name, arrays in chunks.items():  # host-split: no slicing program to compile
         eval_chunks[name] = [functools.partial(lambda c: c, tuple(put(a[i]) for a in arrays)) for i in range(len(arrays[0]))]
     epoch_fn, eval_fn = _programs(
@@ -375,30 +378,32 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
         dropout_mode=dropout_mode, use_dropout=use_dropout,
         use_weight_decay=not (isinstance(weight_decay, (int, float)) and weight_decay == 0),
         compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype), mesh=mesh, data_axis=data_axis)
-    hyper, eval_rate = jax.tree.map(put, hyper), put(hyper.drop_rate if use_dropout else jnp.float32(0))
+    hyper, eval_rate = jax.tree.map(put, hyper), put(hyper.drop_rate if use_dropout else np.float32(0))
 
     if state is None:
-        state = _init_state(key, params, optimizer)
+        state = init_state(key, params, optimizer)  # eager: its small programs are cached by shape
     state = _copy(put(state) if mesh is not None else state)  # donated below: never invalidate the caller's arrays
     guarded = isinstance(state.opt_state, optim.ApplyIfFiniteState)
     history = {k: list(v) for k, v in (history or {}).items()}
     steps_per_epoch = x.shape[0] // batch_size
-    done = int(state.step) // steps_per_epoch
+    step, skipped = jax.device_get((state.step, state.opt_state.total_notfinite if guarded else 0))
+    done = int(step) // steps_per_epoch
     best_acc = max(history.get("val_acc", [-1.0]), default=-1.0)
-    skipped = int(state.opt_state.total_notfinite) if guarded else 0
     for epoch in range(done + 1, epochs + 1):
         start = time.perf_counter()
-        state, step_losses = epoch_fn(state, train_chunks[0], train_chunks[1], hyper)
+        state, (step_losses, params_finite) = epoch_fn(state, train_chunks[0], train_chunks[1], hyper)
         sums = {name: [eval_fn(state.params, state.bn_state, *get(), eval_rate) for get in getters]
                 for name, getters in eval_chunks.items()}
-        extra = state.opt_state.total_notfinite if guarded else None
-        step_losses, sums, extra = jax.device_get((step_losses, sums, extra))  # the epoch's one sync
+        extra = state.opt_state.total_notfinite if guarded else 0
+        # the epoch's one sync (explicit: fit runs under jax.transfer_guard("disallow"), tested)
+        step_losses, params_finite, sums, extra, step = jax.device_get(
+            (step_losses, params_finite, sums, extra, state.step))
         record = {"epoch": epoch}
         for name, parts in sums.items():
             n = len(sets[name][0])
             record[f"{name}_eval_loss"] = float(sum(float(p[0]) for p in parts) / n)
             record[f"{name}_acc"] = float(sum(int(p[1]) for p in parts) / n)
-        _check_finite(step_losses, record, int(state.step), epoch, guarded)
+        _check_finite(step_losses, bool(params_finite), int(step), epoch, guarded)
         record["train_loss"] = float(np.nanmean(step_losses)) if guarded else float(step_losses.mean())
         if guarded:
             record["skipped_steps"], skipped = int(extra) - skipped, int(extra)
