@@ -114,14 +114,17 @@ def init_mlp(
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype; got {dtype}")
     weight_scale(weight_init, sizes[0])  # a bad name fails here, not inside the trace
-    return _init_layers(key, sizes, weight_init, bool(batchnorm), jnp.dtype(dtype))
+    args = (key, sizes, weight_init, bool(batchnorm), jnp.dtype(dtype))
+    if isinstance(key, jax.core.Tracer):  # inside someone's jit or vmap: part of their program
+        return _init_layers(*args)
+    try:
+        return _init_layers_compiled(*args)
+    except ValueError as e:  # a concrete key inside an outer trace: JAX refuses nested options
+        if "compiler_options" not in str(e):
+            raise
+        return _init_layers(*args)
 
 
-# One compiled program per architecture. Eagerly, each layer's normal draw compiled on its own
-# (13 programs, ~2.3 s on a 2-core CPU for 784-100-100-10); XLA's optimiser adds nothing to a
-# one-off draw, so it is skipped (~0.2 s), as sweep's vmapped init does.
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4),
-                   compiler_options={"xla_backend_optimization_level": 0})
 def _init_layers(key, sizes, weight_init, batchnorm, dtype):
     keys = jax.random.split(key, len(sizes) - 1)
     params = []
@@ -134,6 +137,13 @@ def _init_layers(key, sizes, weight_init, batchnorm, dtype):
             layer["gamma"] = jnp.ones_like(layer["b"])
             layer["beta"] = jnp.zeros_like(layer["b"])
     return params
+
+
+# Called eagerly, one compiled program per architecture. Eagerly, each layer's normal draw
+# compiled on its own (13 programs, ~2.3 s on a 2-core CPU for 784-100-100-10); XLA's optimiser
+# adds nothing to a one-off draw, so it is skipped (~0.4 s), as sweep's vmapped init does.
+_init_layers_compiled = jax.jit(_init_layers, static_argnums=(1, 2, 3, 4),
+                                compiler_options={"xla_backend_optimization_level": 0})
 
 
 def init_bn_state(params) -> list[dict[str, jax.Array] | None]:

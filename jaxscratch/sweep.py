@@ -163,12 +163,14 @@ def init_trials(key, spec: Spec, hparams: dict, seeds=None) -> Trials:
     return Trials(_init_many(spec, key, seeds, hp), hp, seeds, {})
 
 
-def _pairs(train_data, validation, test) -> tuple:
-    x, y = (jnp.asarray(a) for a in train_data)
+def _pairs(spec: Spec, train_data, validation, test) -> tuple:
+    """The sets as device arrays, checked against ``spec.sizes`` (shapes and label range)."""
+    n_in, n_out = spec.sizes[0], spec.sizes[-1]
+    x, y = (jnp.asarray(a) for a in train._check_data("train", train_data, n_in, n_out))
     sets = {"train": (x, y)}
     for name, pair in (("val", validation), ("test", test)):
         if pair is not None and len(pair[0]):
-            sets[name] = tuple(jnp.asarray(a) for a in pair)
+            sets[name] = tuple(jnp.asarray(a) for a in train._check_data(name, pair, n_in, n_out))
     return x, y, sets
 
 
@@ -176,7 +178,7 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
     """Train every trial ``epochs`` more epochs (one compiled, vmapped program)."""
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
-    x, y, sets = _pairs(train_data, validation, test)
+    x, y, sets = _pairs(spec, train_data, validation, test)
     if not 1 <= spec.batch_size <= x.shape[0]:
         raise ValueError(f"batch_size must be in [1, {x.shape[0]}] (the training set size); got {spec.batch_size}")
     state, records = _train_many(spec, epochs, trials.state, trials.hparams, x, y, sets)

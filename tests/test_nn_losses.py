@@ -54,6 +54,19 @@ def test_init_is_deterministic_and_uses_distinct_keys(key):
     assert not jnp.allclose(a[0]["w"], a[1]["w"])  # one key per layer, never reused
 
 
+def test_init_works_eagerly_inside_jit_and_under_vmap(key):
+    """Eagerly init_mlp is one compiled program; inside someone else's trace it is part of theirs
+    (with a traced key, or a concrete key closed over), with the same values to float rounding."""
+    eager = nn.init_mlp(key, (5, 4, 3), batchnorm=True)
+    closed = jax.jit(lambda: nn.init_mlp(key, (5, 4, 3), batchnorm=True))()
+    traced = jax.jit(lambda k: nn.init_mlp(k, (5, 4, 3), batchnorm=True))(key)
+    mapped = jax.vmap(lambda k: nn.init_mlp(k, (5, 4, 3), batchnorm=True))(jnp.stack([key, key]))
+    for other in (closed, traced, jax.tree.map(lambda a: a[1], mapped)):
+        assert jax.tree.structure(other) == jax.tree.structure(eager)
+        for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(other)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     "sizes, kwargs, err, match",
     [
