@@ -233,6 +233,10 @@ def _check_data(name: str, pair, n_in: int, n_out: int):
         raise ValueError(f"{name} x must have shape (n, {n_in}) to match the model's input layer; got {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"{name} x must be floating point; got {x.dtype}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(f"{name} x must be finite; found {int(bad.sum())} NaN or Inf values "
+                         f"(the first in row {int(np.argmax(bad.any(axis=1)))})")
     if y.shape[:1] != x.shape[:1]:
         raise ValueError(f"{name} x and y must have the same number of rows; got {x.shape[0]} and "
                          f"{y.shape[0] if y.ndim else 'a scalar'}")

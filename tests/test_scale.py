@@ -192,7 +192,7 @@ def test_apply_if_finite_matches_optax_and_skips_bad_steps():
 def test_fit_with_the_guard_skips_nonfinite_steps_and_trains_on(digits):
     (x, y), va = digits
     x = np.array(x)
-    x[7] = np.nan  # one poisoned row: every batch that draws it has a NaN gradient
+    x[7] = 3e38  # one poisoned row (finite, but its logits overflow): a batch that draws it has NaN gradients
     params = nn.init_mlp(jax.random.key(0), (64, 32, 10))
     r = train.fit(jax.random.key(1), params, optim.apply_if_finite(optim.adam(1e-2)), (x, y), epochs=3,
                   batch_size=50, validation=va, verbose=False)
@@ -200,7 +200,7 @@ def test_fit_with_the_guard_skips_nonfinite_steps_and_trains_on(digits):
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(r.state.params))
     assert r.history["val_acc"][-1] > 0.8
     # without the guard the same data stop the run, naming the step
-    with pytest.raises(FloatingPointError, match=r"loss nan at step \d+ \(epoch 1\)"):
+    with pytest.raises(FloatingPointError, match=r"loss (nan|inf) at step \d+ \(epoch 1\)"):
         train.fit(jax.random.key(1), params, optim.adam(1e-3), (x, y), epochs=3, batch_size=50, verbose=False)
 
 
@@ -210,6 +210,8 @@ def test_fit_with_the_guard_skips_nonfinite_steps_and_trains_on(digits):
     (lambda x, y: (x, y[:-1]), r"train x and y must have the same number of rows"),
     (lambda x, y: (x, np.eye(12, dtype=np.float32)[y]), r"train y must be integer labels \(n,\) or one-hot rows \(n, 10\)"),
     (lambda x, y: (x.astype(np.int32), y), r"train x must be floating point; got int32"),
+    (lambda x, y: (np.where(np.arange(len(x))[:, None] == 3, np.nan, x), y),
+     r"train x must be finite; found 64 NaN or Inf values \(the first in row 3\)"),
 ])
 def test_fit_checks_the_data_against_the_model(digits, bad, message):
     (x, y), _ = digits
