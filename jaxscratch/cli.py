@@ -3,18 +3,36 @@
 This is the one module that knows about files, flags and printing. A run directory holds
 ``checkpoint.npz`` (the last epoch's whole state, the configuration and history),
 ``best.npz`` (the best-validation state), ``metrics.json`` and ``training.png``.
-Every error a user can cause ends in one line on stderr and exit status 2, no traceback.
+
+Contract:
+  * Every flag is checked as it is parsed: its type (ints in ASCII digits, finite numbers,
+    true/false), its range, and named choices (the valid ones listed). A flag that does not
+    apply to the chosen optimizer, schedule or dataset is an error, never silently ignored. A
+    run's stored configuration is checked the same way when it is read back.
+  * Every error a user can cause (a bad flag, a missing, damaged or foreign file, data that do
+    not fit the model, an output that cannot be written) prints one line,
+    ``jaxscratch CMD: error: ...``, and ``main`` returns 2: no traceback. ``main`` returns its
+    exit status and raises only for ``--help`` and ``--version`` (``SystemExit(0)``).
+  * Nothing is written before the inputs are checked. Files are written atomically (a
+    temporary file, then a rename), only into ``--out`` or the file named by ``--json`` /
+    ``--output``; a run that stops before its first checkpoint leaves no ``--out`` behind.
+  * A diverging run exits 1. Ctrl-C or SIGTERM exits 130 with the last finished epoch saved;
+    ``--resume`` then finishes the run bit-identically to an uninterrupted one.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
+import math
 import os
+import re
 import signal
 import sys
 import tempfile
 import time
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -37,60 +55,190 @@ OPT_FLAGS = ["momentum", "b1", "b2", "eps", "decay", "rho", "initial_accumulator
              "fold_bias_correction"]
 DECOUPLED_DECAY = ("adamw", "lion", "adadelta")  # --weight-decay is the optimizer's own decay
 SCHEDULES = ("constant", "exponential", "cosine", "warmup-cosine")
+SCHEDULE_FLAGS = {"warmup_epochs": "warmup-cosine", "decay_epochs": "exponential", "decay_factor": "exponential"}
+DATASETS = ("digits", "mnist", "fashion-mnist")
+SEED_MAX = 2**32 - 1  # JAX keeps 32 bits of a seed while x64 is off: larger seeds would collide
 
 
 class UsageError(Exception):
     """A bad input from the user: printed as one line, exit status 2."""
 
 
-def _choices(name, value, valid):
-    if value not in valid:
-        raise UsageError(f"unknown {name} {value!r}; valid choices: {', '.join(valid)}")
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+# ----------------------------------------------------------------- flag types
+# Each takes a command-line string (or a value read back from a stored configuration) and
+# returns the checked value, or raises ArgumentTypeError saying what was expected and found.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _bad(expected: str, found) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"expected {expected}; got {found!r}")
+
+
+def _int(text) -> int:
+    """An int in ASCII digits: ``"12"``, ``"-3"`` (not ``"1.0"``, ``"1e3"``, ``"1_000"``)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    if isinstance(text, str) and _INT.fullmatch(text):
+        return int(text)
+    raise _bad("an int", text)
+
+
+def _float(text) -> float:
+    """A finite decimal number: ``"0.1"``, ``"1e-3"``, ``"-2"`` (not ``"nan"``, ``"inf"``, ``"1e999"``)."""
+    ok = (isinstance(text, str) and _FLOAT.fullmatch(text)) or (
+        isinstance(text, (int, float)) and not isinstance(text, bool))
+    try:
+        value = float(text) if ok else math.inf
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise _bad("a finite number", text)
     return value
 
 
-def _hidden(text) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in str(text).split(",") if s.strip())
-    except ValueError:
-        raise UsageError(f"--hidden must be comma-separated positive ints such as 100,100; got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise UsageError(f"--hidden must be comma-separated positive ints such as 100,100; got {text!r}")
-    return sizes
+def _bool(text) -> bool:
+    """``true``, ``yes``, ``1`` or ``false``, ``no``, ``0``, in any case."""
+    if isinstance(text, bool):
+        return text
+    word = text.lower() if isinstance(text, str) else None
+    if word in ("1", "true", "yes"):
+        return True
+    if word in ("0", "false", "no"):
+        return False
+    raise _bad("true or false", text)
 
 
-def _weight_init(text):
+def _ranged(parse, lo, hi=None, *, lo_open=False, hi_open=False):
+    """A type: ``parse``, then ``lo <= value <= hi`` (``<`` where open; no ``hi``: unbounded)."""
+    kind = "an int" if parse is _int else "a number"
+    if hi is None:
+        expected = f"{kind} {'>' if lo_open else '>='} {lo}"
+    else:
+        expected = f"{kind} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    def check(text):
+        try:
+            value = parse(text)
+        except argparse.ArgumentTypeError:
+            raise _bad(expected, text) from None
+        if (value <= lo if lo_open else value < lo) or (hi is not None and (value >= hi if hi_open else value > hi)):
+            raise _bad(expected, text)
+        return value
+
+    return check
+
+
+def _choice(*valid: str):
+    """A type: one of the named ``valid`` strings."""
+    def check(text):
+        if text not in valid:
+            raise _bad(f"one of {', '.join(valid)}", text)
+        return text
+
+    return check
+
+
+def _dataset(text) -> str:
+    if isinstance(text, str) and (text in DATASETS or text.endswith(".npz")):
+        return text
+    raise _bad(f"{', '.join(DATASETS)} or a path ending in .npz", text)
+
+
+def _widths(text) -> tuple[int, ...]:
+    """Hidden-layer widths from ``"100,100"``: comma-separated ints >= 1."""
+    items = text.split(",") if isinstance(text, str) else [""]
+    if not all(_INT.fullmatch(s.strip()) and int(s) >= 1 for s in items):
+        raise _bad("comma-separated positive ints such as 100,100", text)
+    return tuple(int(s) for s in items)
+
+
+def _hidden(text) -> str:
+    """The ``--hidden`` type: checked by :func:`_widths`, kept as written."""
+    _widths(text)
+    return text
+
+
+def _init_scale(text):
+    """What ``nn.init_mlp`` takes for ``--weight-init``: ``"he"``, ``"xavier"`` or a std as a float."""
+    if text in ("he", "xavier"):
+        return text
     try:
-        return float(text)
-    except ValueError:
-        return _choices("--weight-init", text, ["he", "xavier"])
+        return _ranged(_float, 0, lo_open=True)(text)
+    except argparse.ArgumentTypeError:
+        raise _bad("he, xavier, or a standard deviation > 0", text) from None
+
+
+def _weight_init(text) -> str:
+    """The ``--weight-init`` type: checked by :func:`_init_scale`, kept as written."""
+    _init_scale(text)
+    return text
+
+
+def _optimizer_names(text) -> list[str]:
+    """``all`` or comma-separated optimizer names."""
+    valid = sorted(optim.OPTIMIZERS)
+    names = valid if text == "all" else text.split(",")
+    if not all(n in optim.OPTIMIZERS for n in names):
+        raise _bad(f"all, or comma-separated names among {', '.join(valid)}", text)
+    return names
+
+
+# `jaxscratch train` flag -> its type; the same types check a stored run's configuration.
+TRAIN_TYPES = {
+    "dataset": _dataset, "dataset_dir": str, "hidden": _hidden, "activation": _choice(*sorted(nn.ACTIVATIONS)),
+    "weight_init": _weight_init, "optimizer": _choice(*sorted(optim.OPTIMIZERS)), "learning_rate": _ranged(_float, 0),
+    "schedule": _choice(*SCHEDULES), "warmup_epochs": _ranged(_int, 0), "decay_epochs": _ranged(_int, 1),
+    "decay_factor": _ranged(_float, 0, 1, lo_open=True), "epochs": _ranged(_int, 1), "batch_size": _ranged(_int, 1),
+    "validation_fraction": _ranged(_float, 0, 1, hi_open=True), "batchnorm": _bool,
+    "dropout": _ranged(_float, 0, 1, hi_open=True), "dropout_mode": _choice(*nn.DROPOUT_MODES),
+    "weight_decay": _ranged(_float, 0), "sampling": _choice(*train.SAMPLINGS), "seed": _ranged(_int, 0, SEED_MAX),
+    # The optimizer's own hyperparameters: finite numbers here; each optimizer checks its ranges.
+    **{k: _float for k in OPT_FLAGS if k not in ("eps_in_sqrt", "fold_bias_correction")},
+    "eps_in_sqrt": _bool, "fold_bias_correction": _bool,
+}
 
 
 # ----------------------------------------------------------------- configuration
 def train_config(args) -> dict:
-    """The full run configuration: the flags given, then DEFAULTS; validated."""
-    cfg = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in DEFAULTS.items()}
-    cfg.update({k: getattr(args, k) for k in OPT_FLAGS if getattr(args, k) is not None})
-    _choices("--optimizer", cfg["optimizer"], sorted(optim.OPTIMIZERS))
-    _choices("--activation", cfg["activation"], sorted(nn.ACTIVATIONS))
-    _choices("--schedule", cfg["schedule"], SCHEDULES)
-    _choices("--dropout-mode", cfg["dropout_mode"], nn.DROPOUT_MODES)
-    _choices("--sampling", cfg["sampling"], train.SAMPLINGS)
-    _hidden(cfg["hidden"]), _weight_init(cfg["weight_init"])
-    for name, lo, hi in (("epochs", 1, None), ("batch_size", 1, None), ("warmup_epochs", 0, None), ("decay_epochs", 1, None)):
-        if cfg[name] < lo or (hi is not None and cfg[name] > hi):
-            raise UsageError(f"--{name.replace('_', '-')} must be an int >= {lo}; got {cfg[name]}")
-    for name, lo, hi in (("validation_fraction", 0, 1), ("dropout", 0, 1)):
-        if not lo <= cfg[name] < hi:
-            raise UsageError(f"--{name.replace('_', '-')} must be in [{lo}, {hi}); got {cfg[name]}")
-    if cfg["weight_decay"] < 0:
-        raise UsageError(f"--weight-decay must be >= 0; got {cfg['weight_decay']}")
+    """The full run configuration: the flags given, then DEFAULTS; flags checked together."""
+    given = {k for k in [*DEFAULTS, *OPT_FLAGS] if getattr(args, k) is not None}
+    cfg = {k: getattr(args, k) if k in given else v for k, v in DEFAULTS.items()}
+    cfg.update({k: getattr(args, k) for k in OPT_FLAGS if k in given})
     accepted = inspect.signature(optim.OPTIMIZERS[cfg["optimizer"]]).parameters
     for k in OPT_FLAGS:
-        if k in cfg and k not in accepted:
+        if k in given and k not in accepted:
             users = [n for n, f in optim.OPTIMIZERS.items() if k in inspect.signature(f).parameters]
-            raise UsageError(f"--{k.replace('_', '-')} does not apply to {cfg['optimizer']}; it applies to {', '.join(users)}")
+            raise UsageError(f"{_flag(k)} does not apply to {cfg['optimizer']}; it applies to {', '.join(users)}")
+    for k, schedule in SCHEDULE_FLAGS.items():
+        if k in given and cfg["schedule"] != schedule:
+            raise UsageError(f"{_flag(k)} applies only to --schedule {schedule}; got --schedule {cfg['schedule']}")
     return cfg
+
+
+def _run_meta(path, *, resumable=False) -> dict:
+    """A run checkpoint's metadata, its configuration checked with the flags' own types."""
+    meta = _read_meta(path)
+    cfg, sizes = meta.get("config"), meta.get("sizes")
+    ok = (isinstance(cfg, dict) and set(DEFAULTS) <= set(cfg) and isinstance(sizes, list) and len(sizes) >= 2
+          and all(isinstance(n, int) and n >= 1 for n in sizes)
+          and (not resumable or isinstance(meta.get("history"), dict)))
+    if not ok:
+        wanted = "'config', 'sizes' and 'history'" if resumable else "'config' and 'sizes'"
+        raise UsageError(f"{path} is a checkpoint but not one of a jaxscratch train run: its metadata lacks {wanted}")
+    for k, value in cfg.items():
+        try:
+            if k in TRAIN_TYPES and value is not None:
+                TRAIN_TYPES[k](value)
+        except argparse.ArgumentTypeError as err:
+            raise UsageError(f"{path} holds an invalid configuration: {_flag(k)}: {err}") from None
+    if _widths(cfg["hidden"]) != tuple(sizes[1:-1]):
+        raise UsageError(f"{path} holds an invalid configuration: --hidden {cfg['hidden']} but layer sizes {sizes}")
+    return meta
 
 
 def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
@@ -113,68 +261,118 @@ def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
             kwargs["mask"] = nn.weights_mask  # decay weights only, never biases, gamma or beta
     try:
         return factory(learning_rate=lr, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"--{cfg['optimizer']}: {err}") from None
+    except (TypeError, ValueError) as err:  # "b1 must be in [0, 1); got 1.5": name the flag instead
+        text, name = str(err), str(err).split(" ", 1)[0]
+        if name in kwargs:
+            text = _flag(name) + text[len(name):]
+        raise UsageError(f"{text} (--optimizer {cfg['optimizer']})") from None
 
 
 def load_data(cfg):
     """``(Dataset, (x_train, y_train), (x_val, y_val))`` with the configured validation split."""
-    name = cfg["dataset"]
+    name, directory = cfg["dataset"], cfg.get("dataset_dir")
+    if directory and name not in ("mnist", "fashion-mnist"):
+        raise UsageError(f"--dataset-dir applies only to --dataset mnist or fashion-mnist; got --dataset {name}")
+    if directory and not os.path.isdir(directory):
+        raise UsageError(f"--dataset-dir {directory}: expected a folder holding the four {name} IDX files; no such folder")
     try:
-        if name.endswith(".npz"):
-            ds = data.load_npz(name)
-        else:
-            _choices("--dataset", name, ["digits", "mnist", "fashion-mnist"])
-            kwargs = {"path": cfg["dataset_dir"]} if cfg["dataset_dir"] and name != "digits" else {}
-            ds = data.load_dataset(name, **kwargs)
-    except (data.DataError, FileNotFoundError, OSError) as err:
+        ds = data.load_npz(name) if name.endswith(".npz") else data.load_dataset(name, **(
+            {"path": directory} if directory else {}))
+    except (data.DataError, OSError) as err:
         raise UsageError(str(err)) from None
-    xt, yt, xv, yv = data.train_val_split(ds.x_train, ds.y_train, cfg["validation_fraction"], seed=cfg["seed"])
+    n, fraction = len(ds.x_train), cfg["validation_fraction"]
+    if n - round(fraction * n) < 1:
+        raise UsageError(f"--validation-fraction {fraction} of the {n} training examples leaves none to train on")
+    xt, yt, xv, yv = data.train_val_split(ds.x_train, ds.y_train, fraction, seed=cfg["seed"])
     return ds, (xt, yt), (xv, yv)
 
 
 def _sizes(cfg, ds) -> list[int]:
-    return [int(np.prod(ds.x_train.shape[1:])), *_hidden(cfg["hidden"]), int(ds.num_classes)]
+    return [int(np.prod(ds.x_train.shape[1:])), *_widths(cfg["hidden"]), int(ds.num_classes)]
 
 
 def _template(cfg, sizes, optimizer):
-    params = nn.init_mlp(jax.random.key(cfg["seed"]), sizes, weight_init=_weight_init(cfg["weight_init"]),
+    params = nn.init_mlp(jax.random.key(cfg["seed"]), sizes, weight_init=_init_scale(cfg["weight_init"]),
                          batchnorm=cfg["batchnorm"])
     return params, train.init_state(jax.random.key(cfg["seed"]), params, optimizer)
 
 
-def _write_json(path, obj):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
+# ----------------------------------------------------------------- files
+def _check_target(path, flag) -> None:
+    """Refuse, before any work, an output file whose folder is missing or that is a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: expected a file in an existing folder; "
+                         f"{'it is a folder' if os.path.isdir(path) else f'no folder {folder}'}")
+
+
+def _make_dirs(path, flag="--out") -> list[str]:
+    """Create the folder ``path``; return the folders this created, outermost first."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: expected a folder; found a file")
+    created, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        created, p = [p, *created], os.path.dirname(p)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create {flag} {path}: {err.strerror or err}") from None
+    return created
+
+
+def _write_file(path, write, what) -> None:
+    """``write(binary file)`` into a temporary file beside ``path``, then rename it onto ``path``."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
+    except OSError as err:
+        raise UsageError(f"cannot write {what}{' ' if what else ''}{path}: {err.strerror or err}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _write_json(path, obj, what="") -> None:
+    _write_file(path, lambda f: f.write(json.dumps(obj, indent=1).encode()), what)
 
 
 def _history_json(history) -> dict:
     return {k: np.asarray(v).tolist() for k, v in history.items()}
 
 
+def _read_meta(path):
+    try:
+        return checkpoint.load_metadata(path)
+    except (checkpoint.CheckpointError, OSError) as err:
+        raise UsageError(str(err)) from None
+
+
 # ----------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     out = args.out
     ckpt = os.path.join(out, CHECKPOINT)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out}: expected a folder; found a file")
     if args.resume:
         if not os.path.exists(ckpt):
             raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
-        meta = _read_meta(ckpt)  # read once: the configuration now, the history after restoring
+        meta = _run_meta(ckpt, resumable=True)  # read once: the configuration now, the history after restoring
         stored = meta["config"]
         for k in list(DEFAULTS) + OPT_FLAGS:
             given = getattr(args, k)
             if k != "epochs" and given is not None and given != stored.get(k, DEFAULTS.get(k)):
-                raise UsageError(f"--resume: --{k.replace('_', '-')} {given!r} conflicts with the run's {stored.get(k)!r}; "
+                raise UsageError(f"--resume: {_flag(k)} {given!r} conflicts with the run's {stored.get(k)!r}; "
                                  f"a resumed run keeps its configuration (only --epochs may change)")
         cfg = dict(stored, epochs=args.epochs if args.epochs is not None else stored["epochs"])
+        done = len(meta["history"].get("epoch", []))
+        if cfg["epochs"] < done:
+            raise UsageError(f"--resume: --epochs {cfg['epochs']} is fewer than the {done} epochs already run in {out}")
     else:
         if os.path.exists(ckpt) or os.path.exists(os.path.join(out, METRICS)):
             raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -188,30 +386,50 @@ def cmd_train(args) -> int:
     params, template = _template(cfg, sizes, optimizer)
     state = best = history = None
     if args.resume:
+        if sizes != meta["sizes"]:
+            raise UsageError(f"--resume: the run's model has layer sizes {meta['sizes']} but {cfg['dataset']} now "
+                             f"gives {sizes}; the dataset changed since the run began")
         try:
             restored = checkpoint.restore(ckpt, like={"state": template, "best": template})
-        except checkpoint.CheckpointError as err:
-            raise UsageError(f"--resume: {err}") from None
+        except (checkpoint.CheckpointError, OSError) as err:
+            raise UsageError(f"--resume: {_first_problem(str(err))}") from None
         state, best = restored["state"], restored["best"]
         history = meta["history"]
-    os.makedirs(out, exist_ok=True)
+    created = _make_dirs(out)  # every input is checked: now the run may write
+    try:
+        return _train(args, cfg, ds, sizes, optimizer, params, (xt, yt), (xv, yv), state, best, history)
+    except BaseException:
+        for folder in reversed(created):  # stopped before the first checkpoint: leave no empty --out
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+
+
+def _train(args, cfg, ds, sizes, optimizer, params, train_set, val_set, state, best, history) -> int:
+    out, ckpt = args.out, os.path.join(args.out, CHECKPOINT)
     decoupled = cfg["optimizer"] in DECOUPLED_DECAY
     start = time.perf_counter()
 
     def save(epoch, result):
         meta = {"config": cfg, "sizes": sizes, "history": _history_json(result.history), "version": __version__}
-        checkpoint.save(ckpt, {"state": result.state, "best": result.best}, metadata=meta)
+        try:
+            checkpoint.save(ckpt, {"state": result.state, "best": result.best}, metadata=meta)
+        except OSError as err:
+            raise UsageError(f"cannot write the checkpoint {ckpt}: {err.strerror or err}") from None
 
     result = train.fit(
-        jax.random.key(cfg["seed"]), params, optimizer, (xt, yt), epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-        validation=(xv, yv), test=(ds.x_test, ds.y_test), activation=cfg["activation"],
+        jax.random.key(cfg["seed"]), params, optimizer, train_set, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+        validation=val_set, test=(ds.x_test, ds.y_test), activation=cfg["activation"],
         weight_decay=0.0 if decoupled else cfg["weight_decay"], drop_rate=cfg["dropout"],
         dropout_mode=cfg["dropout_mode"], sampling=cfg["sampling"], state=state, best=best, history=history,
         verbose=not args.quiet, on_epoch=save)
     wall = time.perf_counter() - start
     save(None, result)
-    checkpoint.save(os.path.join(out, BEST), {"state": result.best, "best": result.best},
-                    metadata={"config": cfg, "sizes": sizes})
+    try:
+        checkpoint.save(os.path.join(out, BEST), {"state": result.best, "best": result.best},
+                        metadata={"config": cfg, "sizes": sizes})
+    except OSError as err:
+        raise UsageError(f"cannot write {os.path.join(out, BEST)}: {err.strerror or err}") from None
     h = result.history
     steps = int(result.state.step)
     metrics = {
@@ -236,33 +454,41 @@ def _maybe_figure(history, path, title):
         return plot.training_figure(history, path, title=title)
     except ImportError:
         return None
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def _read_meta(path):
-    try:
-        return checkpoint.load_metadata(path)
-    except checkpoint.CheckpointError as err:
-        raise UsageError(str(err)) from None
+def _first_problem(text: str) -> str:
+    """A checkpoint's list of mismatched leaves, cut to the first one and a count."""
+    lines = text.splitlines()
+    more = re.search(r"\.\.\. and (\d+) more", lines[-1])
+    count = sum(line.strip().startswith("leaf ") for line in lines) + (int(more.group(1)) if more else 0)
+    return text if count < 2 else f"{lines[0]} {lines[1].strip()}; and {count - 1} more leaves like it"
 
 
 def _load_run(run_dir, which=BEST):
     """``(config, sizes, TrainState)`` of a finished run's best (or last) checkpoint."""
     path = os.path.join(run_dir, which)
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise UsageError(f"{run_dir} holds no finished run ({which} missing); train one with: jaxscratch train --out {run_dir}")
-    meta = _read_meta(path)
+    meta = _run_meta(path)
     cfg, sizes = meta["config"], meta["sizes"]
     _, template = _template(cfg, sizes, build_optimizer(cfg, 1))
     try:
         state = checkpoint.restore(path, like={"state": template, "best": template})["state"]
-    except checkpoint.CheckpointError as err:
-        raise UsageError(str(err)) from None
+    except (checkpoint.CheckpointError, OSError) as err:
+        raise UsageError(_first_problem(str(err))) from None
     return cfg, sizes, state
 
 
 def cmd_evaluate(args) -> int:
-    cfg, _, state = _load_run(args.run, CHECKPOINT if args.last else BEST)
+    if args.json:
+        _check_target(args.json, "--json")
+    cfg, sizes, state = _load_run(args.run, CHECKPOINT if args.last else BEST)
     ds, (xt, yt), (xv, yv) = load_data(dict(cfg, dataset_dir=args.dataset_dir or cfg.get("dataset_dir")))
+    if _sizes(cfg, ds)[0] != sizes[0] or ds.num_classes > sizes[-1]:
+        raise UsageError(f"{cfg['dataset']} now gives {_sizes(cfg, ds)[0]} features and {ds.num_classes} classes; the "
+                         f"run's model takes {sizes[0]} features and {sizes[-1]} classes (the dataset changed since training)")
     report = {}
     for name, (x, y) in (("train", (xt, yt)), ("val", (xv, yv)), ("test", (ds.x_test, ds.y_test))):
         if len(x):
@@ -271,36 +497,48 @@ def cmd_evaluate(args) -> int:
             report[name] = {"loss": float(loss), "accuracy": float(acc), "examples": len(x)}
             print(f"{name:5s}  loss {float(loss):.4f}  accuracy {100 * float(acc):.2f}%  ({len(x)} examples)")
     if args.json:
-        _write_json(args.json, report)
+        _write_json(args.json, report, "--json")
     return 0
 
 
-def _read_inputs(path) -> np.ndarray:
+def _read_inputs(path, features: int) -> np.ndarray:
+    """Numeric, finite inputs ``(n, features)`` or ``(n, ...)`` from a .npy, or a .npz's array 'x'."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if not head.startswith((b"\x93NUMPY", b"PK\x03\x04", b"PK\x05\x06")):  # .npy, zip (.npz), empty zip
+            raise UsageError(f"{path}: expected a .npy file, or a .npz with an array 'x'; found a file starting with {head!r}")
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                if "x" not in loaded.files:
+                    raise UsageError(f"{path} holds {loaded.files}; expected an array named 'x'")
+                loaded = loaded["x"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # object arrays need pickle: ValueError
         raise UsageError(f"cannot read inputs from {path} (expected .npy, or .npz with an array 'x'): {err}") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        if "x" not in loaded.files:
-            raise UsageError(f"{path} holds {loaded.files}; expected an array named 'x'")
-        return loaded["x"]
+    x = loaded
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise UsageError(f"{path}: inputs must be integers or real numbers; got dtype {x.dtype}")
+    if x.ndim < 2 or int(np.prod(x.shape[1:])) != features:
+        raise UsageError(f"{path}: inputs must have shape (n, {features}), or (n, ...) with {features} features, as "
+                         f"the run's model expects; got {x.shape}")
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        raise UsageError(f"{path}: inputs must be finite; row {int(np.argmin(finite))} holds NaN or Inf")
+    return x
 
 
 def cmd_predict(args) -> int:
+    if args.output:
+        _check_target(args.output, "--output")
     cfg, sizes, state = _load_run(args.run)
-    x = _read_inputs(args.input)
-    if x.ndim < 1 or int(np.prod(x.shape[1:])) != sizes[0] or x.ndim == 1:
-        raise UsageError(f"inputs must have shape (n, {sizes[0]}) or (n, ...) with {sizes[0]} features; got {x.shape}")
-    if not (np.issubdtype(x.dtype, np.number)):
-        raise UsageError(f"inputs must be numeric; got dtype {x.dtype}")
+    x = _read_inputs(args.input, sizes[0])
     x = np.asarray(x, np.float32).reshape(len(x), -1)
     logits, _ = nn.apply(state.params, jnp.asarray(x), state=state.bn_state, activation=cfg["activation"],
                          drop_rate=cfg["dropout"], dropout_mode=cfg["dropout_mode"])
     labels = np.asarray(jnp.argmax(logits, axis=-1))
     if args.output:
-        np.save(args.output, labels)
+        _write_file(args.output, lambda f: np.save(f, labels), "--output")
         print(f"saved {len(labels)} predicted labels to {args.output}")
     else:
         print(" ".join(map(str, labels.tolist())))
@@ -308,16 +546,16 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    names = sorted(optim.OPTIMIZERS) if args.optimizers == "all" else args.optimizers.split(",")
-    for n in names:
-        _choices("optimizer", n, sorted(optim.OPTIMIZERS))
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: expected a folder; found a file")
+    names = args.optimizers
     cfg = dict(DEFAULTS, dataset=args.dataset, dataset_dir=args.dataset_dir, validation_fraction=0.0, seed=args.seed)
     ds, (xt, yt), _ = load_data(cfg)
     iterations = 200 if args.quick else args.iterations
     if args.batch_size > len(xt):
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {len(xt)} training examples")
     key = jax.random.key(args.seed)
-    sizes = (xt.shape[1], *_hidden(args.hidden), ds.num_classes)
+    sizes = (xt.shape[1], *_widths(args.hidden), ds.num_classes)
     params = nn.init_mlp(key, sizes, weight_init="he")  # the same initial weights for everyone
     xe, ye = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
     curves, rows = {}, []
@@ -332,7 +570,7 @@ def cmd_compare(args) -> int:
     print(f"{'optimizer':10s} {'final loss':>10s} {'test acc':>9s} {'time':>7s}   ({iterations} iterations, batch {args.batch_size})")
     for name, loss, acc, secs in rows:
         print(f"{name:10s} {loss:10.4f} {100 * acc:8.2f}% {secs:6.1f}s")
-    os.makedirs(args.out, exist_ok=True)
+    _make_dirs(args.out)
     _write_json(os.path.join(args.out, "compare.json"), {"iterations": iterations, "results": [
         {"optimizer": n, "final_loss": l, "test_accuracy": a, "time_s": s} for n, l, a, s in rows]})
     fig = None
@@ -346,67 +584,51 @@ def cmd_compare(args) -> int:
 
 
 # ----------------------------------------------------------------- parser
-def _int(text):
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int; got {text!r}") from None
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block) raised as UsageError, not an exit,
+    and which refuses abbreviated flags (``--epoch`` is not ``--epochs``)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
-def _float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if v != v or v in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
-    return v
-
-
-def _bool(text):
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
+    def error(self, message):
+        hint = "" if "expected" in message else f"; see {self.prog} --help"
+        raise UsageError(f"{self.prog}: error: {message}{hint}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxscratch", description="Train and study MLPs the Deep Learning from Scratch way, in JAX.")
+    p = _Parser(prog="jaxscratch", description="Train and study MLPs the Deep Learning from Scratch way, in JAX.")
     p.add_argument("--version", action="version", version=f"jaxscratch {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an MLP and write a run directory")
-    d = DEFAULTS
 
-    def add(flag, type_, help_, **kw):
+    def add(flag, help_):
         dest = flag.lstrip("-").replace("-", "_")
-        default = d.get(dest)
-        t.add_argument(flag, type=type_, default=None, help=f"{help_} (default: {default})", **kw)
+        t.add_argument(flag, type=TRAIN_TYPES[dest], default=None, help=f"{help_} (default: {DEFAULTS.get(dest)})")
 
-    add("--dataset", str, "digits, mnist, fashion-mnist, or PATH.npz with x_train, y_train, x_test, y_test")
-    add("--dataset-dir", str, "directory holding the dataset's IDX files")
-    add("--hidden", str, "hidden layer widths, comma-separated")
-    add("--activation", str, f"one of {', '.join(sorted(nn.ACTIVATIONS))}")
-    add("--weight-init", str, "he, xavier, or a number used as the standard deviation")
-    add("--optimizer", str, f"one of {', '.join(sorted(optim.OPTIMIZERS))}")
-    add("--learning-rate", _float, "learning rate; default: the optimizer's own (the book's)")
-    for flag, typ in (("--momentum", _float), ("--b1", _float), ("--b2", _float), ("--eps", _float), ("--decay", _float),
-                      ("--rho", _float), ("--initial-accumulator-value", _float), ("--eps-in-sqrt", _bool),
-                      ("--fold-bias-correction", _bool)):
-        t.add_argument(flag, type=typ, default=None, help="optimizer hyperparameter (default: the optimizer's own)")
-    add("--schedule", str, f"learning-rate schedule: {', '.join(SCHEDULES)}")
-    add("--warmup-epochs", _int, "warm-up length for warmup-cosine")
-    add("--decay-epochs", _int, "epochs between decays for exponential")
-    add("--decay-factor", _float, "factor per decay for exponential")
-    add("--epochs", _int, "total number of epochs (with --resume: continue up to this)")
-    add("--batch-size", _int, "mini-batch size")
-    add("--validation-fraction", _float, "fraction of training data held out for validation")
+    add("--dataset", "digits, mnist, fashion-mnist, or PATH.npz with x_train, y_train, x_test, y_test")
+    add("--dataset-dir", "directory holding the dataset's IDX files (mnist, fashion-mnist)")
+    add("--hidden", "hidden layer widths, comma-separated")
+    add("--activation", f"one of {', '.join(sorted(nn.ACTIVATIONS))}")
+    add("--weight-init", "he, xavier, or a number used as the standard deviation")
+    add("--optimizer", f"one of {', '.join(sorted(optim.OPTIMIZERS))}")
+    add("--learning-rate", "learning rate >= 0; default: the optimizer's own (the book's)")
+    for dest in OPT_FLAGS:
+        t.add_argument(_flag(dest), type=TRAIN_TYPES[dest], default=None,
+                       help="optimizer hyperparameter (default: the optimizer's own)")
+    add("--schedule", f"learning-rate schedule: {', '.join(SCHEDULES)}")
+    add("--warmup-epochs", "warm-up length for warmup-cosine")
+    add("--decay-epochs", "epochs between decays for exponential")
+    add("--decay-factor", "factor per decay for exponential, in (0, 1]")
+    add("--epochs", "total number of epochs (with --resume: continue up to this)")
+    add("--batch-size", "mini-batch size")
+    add("--validation-fraction", "fraction of training data held out for validation, in [0, 1)")
     t.add_argument("--batchnorm", action="store_const", const=True, default=None, help="batch norm after each hidden affine layer (default: off)")
-    add("--dropout", _float, "probability of dropping a hidden unit")
-    add("--dropout-mode", str, "inverted or textbook")
-    add("--weight-decay", _float, "the book's L2 on weights (adamw, lion, adadelta: their decoupled decay)")
-    add("--sampling", str, "epoch (permutations) or replacement (the book's)")
-    add("--seed", _int, "random seed")
+    add("--dropout", "probability of dropping a hidden unit, in [0, 1)")
+    add("--dropout-mode", "inverted or textbook")
+    add("--weight-decay", "the book's L2 on weights (adamw, lion, adadelta: their decoupled decay)")
+    add("--sampling", "epoch (permutations) or replacement (the book's)")
+    add("--seed", f"random seed, 0 to {SEED_MAX}")
     t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -426,22 +648,45 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("compare", help="the book's optimizer comparison: same batches, same initial weights")
-    c.add_argument("--dataset", default="digits", help="digits, mnist, fashion-mnist or PATH.npz (default: digits)")
-    c.add_argument("--dataset-dir", default=None)
-    c.add_argument("--optimizers", default="sgd,momentum,adagrad,adam", help="comma-separated, or 'all' (default: the book's four)")
-    c.add_argument("--iterations", type=_int, default=2000, help="(default: 2000, the book's)")
-    c.add_argument("--batch-size", type=_int, default=128, help="(default: 128, the book's)")
-    c.add_argument("--hidden", default="100,100,100,100", help="(default: 100,100,100,100, the book's)")
-    c.add_argument("--seed", type=_int, default=0)
+    c.add_argument("--dataset", type=_dataset, default="digits", help="digits, mnist, fashion-mnist or PATH.npz (default: digits)")
+    c.add_argument("--dataset-dir", default=None, help="directory holding the dataset's IDX files (mnist, fashion-mnist)")
+    c.add_argument("--optimizers", type=_optimizer_names, default="sgd,momentum,adagrad,adam",
+                   help="comma-separated, or 'all' (default: the book's four)")
+    c.add_argument("--iterations", type=_ranged(_int, 1), default=2000, help="(default: 2000, the book's)")
+    c.add_argument("--batch-size", type=_ranged(_int, 1), default=128, help="(default: 128, the book's)")
+    c.add_argument("--hidden", type=_hidden, default="100,100,100,100", help="(default: 100,100,100,100, the book's)")
+    c.add_argument("--seed", type=TRAIN_TYPES["seed"], default=0, help=f"0 to {SEED_MAX} (default: 0)")
     c.add_argument("--quick", action="store_true", help="200 iterations")
     c.add_argument("--out", default="runs/compare", help="(default: runs/compare)")
     c.set_defaults(func=cmd_compare)
     return p
 
 
+def _one_line(text: str) -> str:
+    """A multi-line message (e.g. every place a dataset was looked for) joined into one line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    joined = lines[0] if lines else ""
+    for line in lines[1:]:
+        joined += (" " if joined.endswith((":", ".")) else "; ") + line
+    return joined
+
+
+def _after_stop(args) -> str:
+    """What a stopped ``train`` left: the resume command, or that nothing was saved."""
+    if args.command != "train":
+        return ""
+    if os.path.exists(os.path.join(args.out, CHECKPOINT)):
+        return f"; the last finished epoch is saved: continue with jaxscratch train --out {args.out} --resume"
+    return "; no epoch had finished, so nothing was saved"
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        print(_one_line(str(err)), file=sys.stderr)
+        return 2
     try:  # SIGTERM ends a run like Ctrl-C: checkpoints stay whole (main thread only)
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:
@@ -449,15 +694,15 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except UsageError as err:
-        print(f"jaxscratch {args.command}: error: {err}", file=sys.stderr)
+        print(f"jaxscratch {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except FloatingPointError as err:
-        hint = f"; lower --learning-rate, then jaxscratch train --out {args.out} --resume" if args.command == "train" else ""
-        print(f"jaxscratch {args.command}: error: {err}{hint}", file=sys.stderr)
+        hint = "; train again with a lower --learning-rate (--resume keeps the run's configuration)" \
+            if args.command == "train" else ""
+        print(f"jaxscratch {args.command}: error: {_one_line(str(err))}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        resume = f"; the last finished epoch is saved: continue with --out {args.out} --resume" if args.command == "train" else ""
-        print(f"jaxscratch {args.command}: interrupted{resume}", file=sys.stderr)
+        print(f"jaxscratch {args.command}: interrupted{_after_stop(args)}", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

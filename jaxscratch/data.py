@@ -417,6 +417,15 @@ def _read_npz(path) -> dict[str, np.ndarray]:
     """The four arrays of a user's .npz, loaded without pickle."""
     keys = ("x_train", "y_train", "x_test", "y_test")
     try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot read {path} as an .npz file: {e}") from None
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):  # zip, empty zip, .npy
+        # (np.load would take any other file for a pickle and say so: never suggest unpickling)
+        raise DataError(f"{path}: not an .npz archive: expected a zip of .npy arrays; "
+                        f"found a file starting with {head!r}")
+    try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read {path} as an .npz file: {e}") from None
@@ -436,16 +445,23 @@ def _read_npz(path) -> dict[str, np.ndarray]:
 
 def _npz_images(x, key, path, *, normalize, flatten) -> np.ndarray:
     """float32 images; integer ones (0..255) divided by 255 when normalize."""
-    if x.ndim < 2 or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise DataError(f"{path}: {key} must be numeric (n, ...) with at least 2 dims; "
-                        f"found {x.dtype} {x.shape}")
+    if x.ndim < 2 or 0 in x.shape[1:] or not (np.issubdtype(x.dtype, np.integer)
+                                              or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{path}: {key} must be numeric (n, ...) with at least 2 dims and a value "
+                        f"per sample; found {x.dtype} {x.shape}")
     if normalize and np.issubdtype(x.dtype, np.integer):
         if x.size and (x.min() < 0 or x.max() > 255):
             raise DataError(f"{path}: integer images must lie in 0..255 to normalize; found "
-                            f"{x.min()}..{x.max()} in {key}; pass normalize=False")
+                            f"{x.min()}..{x.max()} in {key}; store them as floats, or pass normalize=False")
         x = x.astype(np.float32) / np.float32(255)
-    x = x.astype(np.float32)
-    return x.reshape(len(x), -1) if flatten else x
+    with np.errstate(over="ignore"):  # values beyond float32's range become Inf, refused below
+        x = x.astype(np.float32)
+    flat = x.reshape(len(x), math.prod(x.shape[1:]))  # (-1 cannot be inferred for 0 samples)
+    if not np.isfinite(flat).all():  # NaN, Inf, or beyond float32's range
+        rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+        raise DataError(f"{path}: {key} must hold finite numbers (within float32's range); "
+                        f"found NaN or Inf in {len(rows)} samples, the first at index {rows[0]}")
+    return flat if flatten else x
 
 
 def load_npz(path, *, normalize=True, flatten=True, one_hot=False) -> Dataset:
@@ -453,8 +469,9 @@ def load_npz(path, *, normalize=True, flatten=True, one_hot=False) -> Dataset:
 
     Images (at least 2-D) become float32. Integer images must hold 0..255 and are divided
     by 255 when ``normalize`` (pass False for other ranges: they are only cast); float
-    images are cast unchanged. Labels are integers ``(n,)`` >= 0 or one-hot rows;
-    ``num_classes`` is the one-hot width or the largest label + 1. Never unpickles.
+    images are cast unchanged; all must be finite, and ``x_train`` must hold a sample. Labels
+    are integers ``(n,)`` >= 0 or one-hot rows; ``num_classes`` is the one-hot width or the
+    largest label + 1. Never unpickles.
 
     Returns:
       A :class:`Dataset` named after the file (``"mine"`` for ``mine.npz``).
@@ -469,6 +486,8 @@ def load_npz(path, *, normalize=True, flatten=True, one_hot=False) -> Dataset:
         y, c = _npz_labels(arrays[f"y_{split}"], f"y_{split}", path)
         if len(x) != len(y):
             raise DataError(f"{path}: x_{split} holds {len(x)} samples but y_{split} {len(y)}")
+        if split == "train" and not len(x):
+            raise DataError(f"{path}: x_train holds no samples; expected at least one")
         out[split], classes = (x, y), classes + [c]
     num_classes = max(classes)
     (x_train, y_train), (x_test, y_test) = out["train"], out["test"]

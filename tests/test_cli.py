@@ -61,6 +61,9 @@ def test_evaluate_and_predict(default_run, capsys, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((3, 5)))
     code, _, err = run(["predict", default_run, tmp_path / "bad.npy"], capsys)
     assert code == 2 and "64 features" in err
+    np.savez(tmp_path / "x.npz", x=ds.x_test[:5].reshape(5, 8, 8).astype(np.float64))  # (n, ...) and .npz work too
+    code, out, _ = run(["predict", default_run, tmp_path / "x.npz"], capsys)
+    assert code == 0 and out.split() == [str(v) for v in np.load(tmp_path / "labels.npy")[:5]]
 
 
 def test_resume_continues_to_the_same_result(tmp_path, capsys):
@@ -89,20 +92,60 @@ def test_resume_errors(tmp_path, default_run, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--optimizer", "adamm"], "unknown --optimizer 'adamm'; valid choices: adadelta, adagrad, adam,"),
-    (["train", "--activation", "gelu"], "valid choices: relu, sigmoid, tanh"),
-    (["train", "--dataset", "cifar"], "unknown --dataset 'cifar'; valid choices: digits, mnist, fashion-mnist"),
+    (["train", "--optimizer", "adamm"], "argument --optimizer: expected one of adadelta, adagrad, adam,"),
+    (["train", "--activation", "gelu"], "expected one of relu, sigmoid, tanh; got 'gelu'"),
+    (["train", "--dataset", "cifar"], "expected digits, mnist, fashion-mnist or a path ending in .npz; got 'cifar'"),
     (["train", "--momentum", "0.5"], "--momentum does not apply to adam; it applies to momentum, nesterov"),
-    (["train", "--hidden", "100,x"], "--hidden must be comma-separated positive ints"),
-    (["train", "--dropout", "1.5"], r"--dropout must be in [0, 1); got 1.5"),
-    (["train", "--learning-rate", "-1"], "learning_rate must be in [0, inf]; got -1.0"),
-    (["compare", "--optimizers", "sgd,foo"], "unknown optimizer 'foo'"),
+    (["train", "--hidden", "100,x"], "argument --hidden: expected comma-separated positive ints"),
+    (["train", "--dropout", "1.5"], "argument --dropout: expected a number in [0, 1); got '1.5'"),
+    (["train", "--learning-rate", "-1"], "argument --learning-rate: expected a number >= 0; got '-1'"),
+    (["train", "--learning-rate", "-1", "--schedule", "cosine"], "expected a number >= 0; got '-1'"),
+    (["train", "--b2", "1"], "--b2 must be in [0, 1); got 1.0 (--optimizer adam)"),
+    (["train", "--epoch", "3"], "unrecognized arguments: --epoch 3; see jaxscratch --help"),
+    (["compare", "--optimizers", "sgd,foo"], "argument --optimizers: expected all, or comma-separated names"),
 ])
 def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path):
     code, _, err = run([*argv, "--out", tmp_path / "x"] if argv[0] == "train" else argv, capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "x" / "metrics.json").exists()
+    assert not (tmp_path / "x").exists()  # nothing written, not even an empty --out
+
+
+def test_stopped_before_any_checkpoint_leaves_no_out_folder(tmp_path, capsys, monkeypatch):
+    """A run that dies in its first epoch removes the --out folders it created (not the ones that were there)."""
+    from jaxscratch import train
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "fit", stop)
+    code, _, err = run(["train", "--out", tmp_path / "new" / "deeper", "--quiet"], capsys)
+    assert code == 130 and "no epoch had finished, so nothing was saved" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_stored_configuration_is_checked(default_run, tmp_path, capsys):
+    """A run folder whose checkpoint is not a training run's, or whose configuration was edited."""
+    from jaxscratch import checkpoint
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    checkpoint.save(foreign / "best.npz", {"w": np.ones(2, np.float32)}, metadata={"lr": 0.1})
+    code, _, err = run(["evaluate", foreign], capsys)
+    assert code == 2 and "not one of a jaxscratch train run: its metadata lacks 'config' and 'sizes'" in err
+    meta = checkpoint.load_metadata(default_run / "best.npz")
+    tree = checkpoint.restore(default_run / "best.npz", like=_template_like(meta))
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    checkpoint.save(edited / "best.npz", tree, metadata={**meta, "config": {**meta["config"], "optimizer": "adamm"}})
+    code, _, err = run(["predict", edited, tmp_path / "x.npy"], capsys)
+    assert code == 2 and "holds an invalid configuration: --optimizer: expected one of" in err
+
+
+def _template_like(meta):
+    cfg = meta["config"]
+    _, template = cli._template(cfg, meta["sizes"], cli.build_optimizer(cfg, 1))
+    return {"state": template, "best": template}
 
 
 def test_compare_quick(tmp_path, capsys):
@@ -125,12 +168,12 @@ def test_console_entry_points_show_defaults():
     for expected in ("(default: digits)", "(default: adam)", "(default: 30)", "(default: 100,100)"):
         assert expected in text
     bad = subprocess.run([sys.executable, "-m", "jaxscratch", "train", "--epochs", "ten"], capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "expected an int; got 'ten'" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and bad.stderr == "jaxscratch train: error: argument --epochs: expected an int >= 1; got 'ten'\n"
 
 
 def test_divergence_is_one_clear_line(tmp_path, capsys):
     code, _, err = run(["train", "--optimizer", "sgd", "--learning-rate", "1e12", "--out", tmp_path / "d", "--quiet"], capsys)
-    assert code == 1 and "training diverged" in err and "--resume" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "training diverged" in err and "lower --learning-rate" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "d" / "metrics.json").exists()
 
 

@@ -7,10 +7,13 @@ temporary folder, so no test can reach the internet or touch the user's cache.
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import pickle
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +29,8 @@ from jaxscratch.data import DataError
 
 FILES = list(data.IDX_FILES.values())
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MIRRORS = data.MNIST_MIRRORS + data.FASHION_MNIST_MIRRORS  # before `offline` empties them
 
 
 @pytest.fixture(autouse=True)
@@ -258,7 +263,12 @@ class Server:
     def __init__(self):
         self.files, self.modes, self.requests = {}, {}, []
         self.release = threading.Event()
+        self.barriers, lock = {}, threading.Lock()
         state = self
+
+        def barrier(path):  # "pair": a file is sent once two clients are asking for it
+            with lock:
+                return self.barriers.setdefault(path, threading.Barrier(2, timeout=30))
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
@@ -268,10 +278,12 @@ class Server:
                     self.send_error(404)
                     return
                 mode = state.modes.get(self.path)
+                if mode == "pair":
+                    barrier(self.path).wait()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body if mode is None else body[: len(body) // 2])
+                self.wfile.write(body if mode in (None, "pair") else body[: len(body) // 2])
                 self.wfile.flush()
                 if mode == "stall":
                     state.release.wait(10)
@@ -405,6 +417,37 @@ def test_two_loads_at_once_share_the_cache(server, monkeypatch, tmp_path):
         np.testing.assert_array_equal(d.y_train, arrays["y_train"])
 
 
+LOAD_IN_A_PROCESS = r"""
+import json, sys
+from jaxscratch import data
+data.MNIST_MD5 = json.loads(sys.argv[1])
+d = data.load_mnist(mirrors=[sys.argv[2]], cache_dir=sys.argv[3], timeout=30)
+print(d.x_train.shape, int(d.y_train.sum()), float(d.x_train.sum()))
+"""
+
+
+def test_two_processes_downloading_at_once_share_the_cache(server, tmp_path):
+    """Two processes download every file at the same moment (the server sends each file only
+    once both ask for it); each renames its own verified copy into place: the cache ends whole."""
+    files, arrays = fake_mnist()
+    mirror, cache = server.serve("/pair/", files, mode="pair"), tmp_path / "shared-cache"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    argv = [sys.executable, "-c", LOAD_IN_A_PROCESS, json.dumps(md5_table(files)), mirror, str(cache)]
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0][0] == outs[1][0] and outs[0][0].startswith("(50, 784)")
+    assert sorted(server.requests) == sorted(f"/pair/{f}" for f in FILES for _ in range(2))  # all downloaded twice
+    assert sorted(os.listdir(cache)) == sorted(FILES)  # no temporary file left
+    for name in FILES:
+        assert (cache / name).read_bytes() == files[name]
+
+
+def test_default_mirrors_are_https():
+    assert DEFAULT_MIRRORS and all(m.startswith("https://") for m in DEFAULT_MIRRORS)
+
+
 def test_default_tables_are_sane():
     for table in (data.MNIST_MD5, data.FASHION_MNIST_MD5):
         assert sorted(table) == sorted(FILES)
@@ -442,7 +485,16 @@ def test_load_npz_round_trip(tmp_path):
     ({"x_train": np.zeros((2, 3)), "y_train": np.array([0, -1]), "x_test": np.zeros((1, 3)),
       "y_test": np.zeros(1, int)}, r"y_train must be non-negative; found a label -1"),
     ({"x_train": np.zeros(2), "y_train": np.zeros(2, int), "x_test": np.zeros(1),
-      "y_test": np.zeros(1, int)}, r"at least 2 dims; found float64 \(2,\)"),
+      "y_test": np.zeros(1, int)}, r"at least 2 dims and a value per sample; found float64 \(2,\)"),
+    ({"x_train": np.zeros((2, 0)), "y_train": np.zeros(2, int), "x_test": np.zeros((1, 0)),
+      "y_test": np.zeros(1, int)}, r"a value per sample; found float64 \(2, 0\)"),
+    ({"x_train": np.zeros((0, 3)), "y_train": np.zeros(0, int), "x_test": np.zeros((1, 3)),
+      "y_test": np.zeros(1, int)}, r"x_train holds no samples; expected at least one"),
+    ({"x_train": np.array([[0, 1], [np.nan, 0], [np.inf, 0]]), "y_train": np.zeros(3, int),
+      "x_test": np.zeros((1, 2)), "y_test": np.zeros(1, int)},
+     r"x_train must hold finite numbers .* found NaN or Inf in 2 samples, the first at index 1"),
+    ({"x_train": np.zeros((2, 3)), "y_train": np.zeros(2, int), "x_test": np.full((1, 3), 1e300),
+      "y_test": np.zeros(1, int)}, r"x_test must hold finite numbers \(within float32's range\)"),
     ({"x_train": np.full((2, 3), 300), "y_train": np.zeros(2, int), "x_test": np.zeros((1, 3), int),
       "y_test": np.zeros(1, int)}, r"0\.\.255 to normalize; found 300\.\.300"),
 ])
@@ -463,6 +515,13 @@ def _unpickle_canary():
 class Canary:
     def __reduce__(self):
         return (_unpickle_canary, ())
+
+
+def test_load_npz_with_no_test_samples(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=np.ones((3, 2, 2)), y_train=np.array([0, 1, 1]),
+             x_test=np.ones((0, 2, 2)), y_test=np.zeros(0, int))
+    d = data.load_npz(tmp_path / "d.npz")
+    assert d.x_test.shape == (0, 4) and d.num_classes == 2
 
 
 def test_load_npz_never_unpickles(tmp_path):
