@@ -1,8 +1,9 @@
 """The ``jaxscratch`` command: ``train``, ``evaluate``, ``predict``, ``compare``.
 
-This is the one module that knows about files, flags and printing. A run directory holds
-``checkpoint.npz`` (the last epoch's whole state, the configuration and history),
-``best.npz`` (the best-validation state), ``metrics.json`` and ``training.png``.
+This module knows about files and printing; its private ``_flags`` holds the flags, their types
+and the run configuration they make. A run directory holds ``checkpoint.npz`` (the last epoch's
+whole state, the configuration and history), ``best.npz`` (the best-validation state),
+``metrics.json`` and ``training.png``.
 
 Contract:
   * Every flag is checked as it is parsed: its type (ints in ASCII digits, finite numbers,
@@ -16,16 +17,18 @@ Contract:
   * Nothing is written before the inputs are checked. Files are written atomically (a
     temporary file, then a rename), only into ``--out`` or the file named by ``--json`` /
     ``--output``; a run that stops before its first checkpoint leaves no ``--out`` behind.
+  * ``--devices``, ``--precision`` and ``--skip-nonfinite`` give ``train.fit`` its ``mesh``, its
+    ``compute_dtype`` and an ``optim.apply_if_finite`` optimizer (docs/scaling.md). Like every
+    flag they are stored with the run (a run stored before them reads as their defaults), and
+    ``--resume`` keeps the whole configuration but ``--epochs`` and ``--devices``.
   * A diverging run exits 1. Ctrl-C or SIGTERM exits 130 with the last finished epoch saved;
     ``--resume`` then finishes the run bit-identically to an uninterrupted one.
 """
 from __future__ import annotations
 
-import argparse
+import argparse  # noqa: F401: the flag types raise argparse.ArgumentTypeError (tests reach it as cli.argparse)
 import contextlib
-import inspect
 import json
-import math
 import os
 import re
 import signal
@@ -38,234 +41,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import __version__, checkpoint, data, nn, optim, schedules, sweep, train
+from jaxscratch import __version__, checkpoint, data, nn, optim, sweep, train
+from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS, UsageError, _flag, _init_scale,
+                               _widths, build_optimizer, build_parser, data_parallel, stored_config, train_config)
+from jaxscratch._flags import SEED_MAX, TRAIN_TYPES, _bool, _float, _hidden, _int  # noqa: F401: re-exported for tests
 
 CHECKPOINT, BEST, METRICS, FIGURE = "checkpoint.npz", "best.npz", "metrics.json", "training.png"
 
-# Defaults of `jaxscratch train`: with nothing else, digits in seconds, >= 95% test accuracy.
-DEFAULTS = {
-    "dataset": "digits", "dataset_dir": None, "hidden": "100,100", "activation": "relu",
-    "weight_init": "he", "optimizer": "adam", "learning_rate": None, "schedule": "constant",
-    "warmup_epochs": 1, "decay_epochs": 10, "decay_factor": 0.5, "epochs": 30, "batch_size": 100,
-    "validation_fraction": 0.1, "batchnorm": False, "dropout": 0.0, "dropout_mode": "inverted",
-    "weight_decay": 0.0, "sampling": "epoch", "seed": 0,
-}
-# Optimizer hyperparameter flags: flag dest -> keyword of the optimizer factories.
-OPT_FLAGS = ["momentum", "b1", "b2", "eps", "decay", "rho", "initial_accumulator_value", "eps_in_sqrt",
-             "fold_bias_correction"]
-DECOUPLED_DECAY = ("adamw", "lion", "adadelta")  # --weight-decay is the optimizer's own decay
-SCHEDULES = ("constant", "exponential", "cosine", "warmup-cosine")
-SCHEDULE_FLAGS = {"warmup_epochs": "warmup-cosine", "decay_epochs": "exponential", "decay_factor": "exponential"}
-DATASETS = ("digits", "mnist", "fashion-mnist")
-SEED_MAX = 2**32 - 1  # JAX keeps 32 bits of a seed while x64 is off: larger seeds would collide
-
-
-class UsageError(Exception):
-    """A bad input from the user: printed as one line, exit status 2."""
-
-
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
-# ----------------------------------------------------------------- flag types
-# Each takes a command-line string (or a value read back from a stored configuration) and
-# returns the checked value, or raises ArgumentTypeError saying what was expected and found.
-_INT = re.compile(r"[+-]?[0-9]+")
-_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-
-
-def _bad(expected: str, found) -> argparse.ArgumentTypeError:
-    return argparse.ArgumentTypeError(f"expected {expected}; got {found!r}")
-
-
-def _int(text) -> int:
-    """An int in ASCII digits: ``"12"``, ``"-3"`` (not ``"1.0"``, ``"1e3"``, ``"1_000"``)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    if isinstance(text, str) and _INT.fullmatch(text):
-        return int(text)
-    raise _bad("an int", text)
-
-
-def _float(text) -> float:
-    """A finite decimal number: ``"0.1"``, ``"1e-3"``, ``"-2"`` (not ``"nan"``, ``"inf"``, ``"1e999"``)."""
-    ok = (isinstance(text, str) and _FLOAT.fullmatch(text)) or (
-        isinstance(text, (int, float)) and not isinstance(text, bool))
-    try:
-        value = float(text) if ok else math.inf
-    except OverflowError:
-        value = math.inf
-    if not math.isfinite(value):
-        raise _bad("a finite number", text)
-    return value
-
-
-def _bool(text) -> bool:
-    """``true``, ``yes``, ``1`` or ``false``, ``no``, ``0``, in any case."""
-    if isinstance(text, bool):
-        return text
-    word = text.lower() if isinstance(text, str) else None
-    if word in ("1", "true", "yes"):
-        return True
-    if word in ("0", "false", "no"):
-        return False
-    raise _bad("true or false", text)
-
-
-def _ranged(parse, lo, hi=None, *, lo_open=False, hi_open=False):
-    """A type: ``parse``, then ``lo <= value <= hi`` (``<`` where open; no ``hi``: unbounded)."""
-    kind = "an int" if parse is _int else "a number"
-    if hi is None:
-        expected = f"{kind} {'>' if lo_open else '>='} {lo}"
-    else:
-        expected = f"{kind} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-
-    def check(text):
-        try:
-            value = parse(text)
-        except argparse.ArgumentTypeError:
-            raise _bad(expected, text) from None
-        if (value <= lo if lo_open else value < lo) or (hi is not None and (value >= hi if hi_open else value > hi)):
-            raise _bad(expected, text)
-        return value
-
-    return check
-
-
-def _choice(*valid: str):
-    """A type: one of the named ``valid`` strings."""
-    def check(text):
-        if text not in valid:
-            raise _bad(f"one of {', '.join(valid)}", text)
-        return text
-
-    return check
-
-
-def _dataset(text) -> str:
-    if isinstance(text, str) and (text in DATASETS or text.endswith(".npz")):
-        return text
-    raise _bad(f"{', '.join(DATASETS)} or a path ending in .npz", text)
-
-
-def _widths(text) -> tuple[int, ...]:
-    """Hidden-layer widths from ``"100,100"``: comma-separated ints >= 1."""
-    items = text.split(",") if isinstance(text, str) else [""]
-    if not all(_INT.fullmatch(s.strip()) and int(s) >= 1 for s in items):
-        raise _bad("comma-separated positive ints such as 100,100", text)
-    return tuple(int(s) for s in items)
-
-
-def _hidden(text) -> str:
-    """The ``--hidden`` type: checked by :func:`_widths`, kept as written."""
-    _widths(text)
-    return text
-
-
-def _init_scale(text):
-    """What ``nn.init_mlp`` takes for ``--weight-init``: ``"he"``, ``"xavier"`` or a std as a float."""
-    if text in ("he", "xavier"):
-        return text
-    try:
-        return _ranged(_float, 0, lo_open=True)(text)
-    except argparse.ArgumentTypeError:
-        raise _bad("he, xavier, or a standard deviation > 0", text) from None
-
-
-def _weight_init(text) -> str:
-    """The ``--weight-init`` type: checked by :func:`_init_scale`, kept as written."""
-    _init_scale(text)
-    return text
-
-
-def _optimizer_names(text) -> list[str]:
-    """``all`` or comma-separated optimizer names."""
-    valid = sorted(optim.OPTIMIZERS)
-    names = valid if text == "all" else text.split(",")
-    if not all(n in optim.OPTIMIZERS for n in names):
-        raise _bad(f"all, or comma-separated names among {', '.join(valid)}", text)
-    return names
-
-
-# `jaxscratch train` flag -> its type; the same types check a stored run's configuration.
-TRAIN_TYPES = {
-    "dataset": _dataset, "dataset_dir": str, "hidden": _hidden, "activation": _choice(*sorted(nn.ACTIVATIONS)),
-    "weight_init": _weight_init, "optimizer": _choice(*sorted(optim.OPTIMIZERS)), "learning_rate": _ranged(_float, 0),
-    "schedule": _choice(*SCHEDULES), "warmup_epochs": _ranged(_int, 0), "decay_epochs": _ranged(_int, 1),
-    "decay_factor": _ranged(_float, 0, 1, lo_open=True), "epochs": _ranged(_int, 1), "batch_size": _ranged(_int, 1),
-    "validation_fraction": _ranged(_float, 0, 1, hi_open=True), "batchnorm": _bool,
-    "dropout": _ranged(_float, 0, 1, hi_open=True), "dropout_mode": _choice(*nn.DROPOUT_MODES),
-    "weight_decay": _ranged(_float, 0), "sampling": _choice(*train.SAMPLINGS), "seed": _ranged(_int, 0, SEED_MAX),
-    # The optimizer's own hyperparameters: finite numbers here; each optimizer checks its ranges.
-    **{k: _float for k in OPT_FLAGS if k not in ("eps_in_sqrt", "fold_bias_correction")},
-    "eps_in_sqrt": _bool, "fold_bias_correction": _bool,
-}
-
 
 # ----------------------------------------------------------------- configuration
-def train_config(args) -> dict:
-    """The full run configuration: the flags given, then DEFAULTS; flags checked together."""
-    given = {k for k in [*DEFAULTS, *OPT_FLAGS] if getattr(args, k) is not None}
-    cfg = {k: getattr(args, k) if k in given else v for k, v in DEFAULTS.items()}
-    cfg.update({k: getattr(args, k) for k in OPT_FLAGS if k in given})
-    accepted = inspect.signature(optim.OPTIMIZERS[cfg["optimizer"]]).parameters
-    for k in OPT_FLAGS:
-        if k in given and k not in accepted:
-            users = [n for n, f in optim.OPTIMIZERS.items() if k in inspect.signature(f).parameters]
-            raise UsageError(f"{_flag(k)} does not apply to {cfg['optimizer']}; it applies to {', '.join(users)}")
-    for k, schedule in SCHEDULE_FLAGS.items():
-        if k in given and cfg["schedule"] != schedule:
-            raise UsageError(f"{_flag(k)} applies only to --schedule {schedule}; got --schedule {cfg['schedule']}")
-    return cfg
-
-
 def _run_meta(path, *, resumable=False) -> dict:
-    """A run checkpoint's metadata, its configuration checked with the flags' own types."""
+    """A run checkpoint's metadata, its configuration checked (``_flags.stored_config``)."""
     meta = _read_meta(path)
-    cfg, sizes = meta.get("config"), meta.get("sizes")
-    ok = (isinstance(cfg, dict) and set(DEFAULTS) <= set(cfg) and isinstance(sizes, list) and len(sizes) >= 2
-          and all(isinstance(n, int) and n >= 1 for n in sizes)
-          and (not resumable or isinstance(meta.get("history"), dict)))
-    if not ok:
-        wanted = "'config', 'sizes' and 'history'" if resumable else "'config' and 'sizes'"
-        raise UsageError(f"{path} is a checkpoint but not one of a jaxscratch train run: its metadata lacks {wanted}")
-    for k, value in cfg.items():
-        try:
-            if k in TRAIN_TYPES and value is not None:
-                TRAIN_TYPES[k](value)
-        except argparse.ArgumentTypeError as err:
-            raise UsageError(f"{path} holds an invalid configuration: {_flag(k)}: {err}") from None
-    if _widths(cfg["hidden"]) != tuple(sizes[1:-1]):
-        raise UsageError(f"{path} holds an invalid configuration: --hidden {cfg['hidden']} but layer sizes {sizes}")
-    return meta
-
-
-def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
-    factory = optim.OPTIMIZERS[cfg["optimizer"]]
-    kwargs = {k: cfg[k] for k in OPT_FLAGS if k in cfg}
-    lr = cfg["learning_rate"]
-    if lr is None:
-        lr = inspect.signature(factory).parameters["learning_rate"].default
-    total = cfg["epochs"] * steps_per_epoch
-    if cfg["schedule"] == "exponential":
-        lr = schedules.exponential_decay(lr, cfg["decay_epochs"] * steps_per_epoch, cfg["decay_factor"], staircase=True)
-    elif cfg["schedule"] == "cosine":
-        lr = schedules.cosine_decay(lr, max(total, 1))
-    elif cfg["schedule"] == "warmup-cosine":
-        warm = min(cfg["warmup_epochs"] * steps_per_epoch, max(total - 1, 0))
-        lr = schedules.warmup_cosine_decay(0.0, lr, warm, max(total, 1))
-    if cfg["optimizer"] in DECOUPLED_DECAY:
-        kwargs["weight_decay"] = cfg["weight_decay"]
-        if cfg["optimizer"] != "adadelta" or cfg["weight_decay"]:
-            kwargs["mask"] = nn.weights_mask  # decay weights only, never biases, gamma or beta
-    try:
-        return factory(learning_rate=lr, **kwargs)
-    except (TypeError, ValueError) as err:  # "b1 must be in [0, 1); got 1.5": name the flag instead
-        text, name = str(err), str(err).split(" ", 1)[0]
-        if name in kwargs:
-            text = _flag(name) + text[len(name):]
-        raise UsageError(f"{text} (--optimizer {cfg['optimizer']})") from None
+    return dict(meta, config=stored_config(meta, path, resumable=resumable))
 
 
 def load_data(cfg):
@@ -339,7 +127,19 @@ def _write_file(path, write, what) -> None:
 
 
 def _write_json(path, obj, what="") -> None:
-    _write_file(path, lambda f: f.write(json.dumps(obj, indent=1).encode()), what)
+    text = json.dumps(_json_safe(obj), indent=1, allow_nan=False)
+    _write_file(path, lambda f: f.write(text.encode()), what)
+
+
+def _json_safe(obj):
+    """``obj`` with every NaN or Inf (a skipped step's loss) as None: standard JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def _history_json(history) -> dict:
@@ -365,11 +165,12 @@ def cmd_train(args) -> int:
         meta = _run_meta(ckpt, resumable=True)  # read once: the configuration now, the history after restoring
         stored = meta["config"]
         for k in list(DEFAULTS) + OPT_FLAGS:
-            given = getattr(args, k)
-            if k != "epochs" and given is not None and given != stored.get(k, DEFAULTS.get(k)):
-                raise UsageError(f"--resume: {_flag(k)} {given!r} conflicts with the run's {stored.get(k)!r}; "
-                                 f"a resumed run keeps its configuration (only --epochs may change)")
-        cfg = dict(stored, epochs=args.epochs if args.epochs is not None else stored["epochs"])
+            given, kept = getattr(args, k), stored.get(k, DEFAULTS.get(k))
+            if k not in ("epochs", "devices") and given is not None and given != kept:
+                raise UsageError(f"--resume: {_flag(k)} {given!r} conflicts with the run's "
+                                 f"{'default' if kept is None else repr(kept)}; a resumed run keeps its "
+                                 f"configuration (only --epochs and --devices may change)")
+        cfg = dict(stored, **{k: getattr(args, k) for k in ("epochs", "devices") if getattr(args, k) is not None})
         done = len(meta["history"].get("epoch", []))
         if cfg["epochs"] < done:
             raise UsageError(f"--resume: --epochs {cfg['epochs']} is fewer than the {done} epochs already run in {out}")
@@ -377,6 +178,7 @@ def cmd_train(args) -> int:
         if os.path.exists(ckpt) or os.path.exists(os.path.join(out, METRICS)):
             raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         cfg = train_config(args)
+    cfg["devices"], mesh = data_parallel(cfg)  # "all" is stored as the number it meant
     ds, (xt, yt), (xv, yv) = load_data(cfg)
     steps_per_epoch = len(xt) // cfg["batch_size"]
     if steps_per_epoch < 1:
@@ -397,7 +199,7 @@ def cmd_train(args) -> int:
         history = meta["history"]
     created = _make_dirs(out)  # every input is checked: now the run may write
     try:
-        return _train(args, cfg, ds, sizes, optimizer, params, (xt, yt), (xv, yv), state, best, history)
+        return _train(args, cfg, ds, sizes, optimizer, params, (xt, yt), (xv, yv), state, best, history, mesh)
     except BaseException:
         for folder in reversed(created):  # stopped before the first checkpoint: leave no empty --out
             with contextlib.suppress(OSError):
@@ -405,7 +207,7 @@ def cmd_train(args) -> int:
         raise
 
 
-def _train(args, cfg, ds, sizes, optimizer, params, train_set, val_set, state, best, history) -> int:
+def _train(args, cfg, ds, sizes, optimizer, params, train_set, val_set, state, best, history, mesh) -> int:
     out, ckpt = args.out, os.path.join(args.out, CHECKPOINT)
     decoupled = cfg["optimizer"] in DECOUPLED_DECAY
     start = time.perf_counter()
@@ -422,7 +224,7 @@ def _train(args, cfg, ds, sizes, optimizer, params, train_set, val_set, state, b
         validation=val_set, test=(ds.x_test, ds.y_test), activation=cfg["activation"],
         weight_decay=0.0 if decoupled else cfg["weight_decay"], drop_rate=cfg["dropout"],
         dropout_mode=cfg["dropout_mode"], sampling=cfg["sampling"], state=state, best=best, history=history,
-        verbose=not args.quiet, on_epoch=save)
+        verbose=not args.quiet, on_epoch=save, mesh=mesh, compute_dtype=PRECISIONS[cfg["precision"]])
     wall = time.perf_counter() - start
     save(None, result)
     try:
@@ -440,12 +242,19 @@ def _train(args, cfg, ds, sizes, optimizer, params, train_set, val_set, state, b
         "dataset": ds.name, "config": cfg, "history": _history_json(h), "jax_version": jax.__version__,
         "device": str(jax.devices()[0]), "version": __version__,
     }
+    if "skipped_steps" in h:  # --skip-nonfinite: per epoch in the history, the run's total here
+        metrics["skipped_steps"] = int(np.sum(h["skipped_steps"]))
     _write_json(os.path.join(out, METRICS), metrics)
     figure = _maybe_figure(h, os.path.join(out, FIGURE), f"{ds.name}: {cfg['optimizer']}, hidden {cfg['hidden']}")
     if not args.quiet:
         print(f"test accuracy {100 * metrics['test_accuracy']:.2f}%  ({steps} steps, {wall:.1f}s, "
-              f"{metrics['steps_per_second']:.0f} steps/s)  -> {out}" + (f", {FIGURE}" if figure else ""))
+              f"{metrics['steps_per_second']:.0f} steps/s{_skipped(metrics)})  -> {out}" + (f", {FIGURE}" if figure else ""))
     return 0
+
+
+def _skipped(metrics) -> str:
+    n = metrics.get("skipped_steps")
+    return "" if n is None else f", {n} step{'s' * (n != 1)} skipped for non-finite gradients"
 
 
 def _maybe_figure(history, path, title):
@@ -583,83 +392,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------- parser
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (no usage block) raised as UsageError, not an exit,
-    and which refuses abbreviated flags (``--epoch`` is not ``--epochs``)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-
-    def error(self, message):
-        hint = "" if "expected" in message else f"; see {self.prog} --help"
-        raise UsageError(f"{self.prog}: error: {message}{hint}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="jaxscratch", description="Train and study MLPs the Deep Learning from Scratch way, in JAX.")
-    p.add_argument("--version", action="version", version=f"jaxscratch {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train an MLP and write a run directory")
-
-    def add(flag, help_):
-        dest = flag.lstrip("-").replace("-", "_")
-        t.add_argument(flag, type=TRAIN_TYPES[dest], default=None, help=f"{help_} (default: {DEFAULTS.get(dest)})")
-
-    add("--dataset", "digits, mnist, fashion-mnist, or PATH.npz with x_train, y_train, x_test, y_test")
-    add("--dataset-dir", "directory holding the dataset's IDX files (mnist, fashion-mnist)")
-    add("--hidden", "hidden layer widths, comma-separated")
-    add("--activation", f"one of {', '.join(sorted(nn.ACTIVATIONS))}")
-    add("--weight-init", "he, xavier, or a number used as the standard deviation")
-    add("--optimizer", f"one of {', '.join(sorted(optim.OPTIMIZERS))}")
-    add("--learning-rate", "learning rate >= 0; default: the optimizer's own (the book's)")
-    for dest in OPT_FLAGS:
-        t.add_argument(_flag(dest), type=TRAIN_TYPES[dest], default=None,
-                       help="optimizer hyperparameter (default: the optimizer's own)")
-    add("--schedule", f"learning-rate schedule: {', '.join(SCHEDULES)}")
-    add("--warmup-epochs", "warm-up length for warmup-cosine")
-    add("--decay-epochs", "epochs between decays for exponential")
-    add("--decay-factor", "factor per decay for exponential, in (0, 1]")
-    add("--epochs", "total number of epochs (with --resume: continue up to this)")
-    add("--batch-size", "mini-batch size")
-    add("--validation-fraction", "fraction of training data held out for validation, in [0, 1)")
-    t.add_argument("--batchnorm", action="store_const", const=True, default=None, help="batch norm after each hidden affine layer (default: off)")
-    add("--dropout", "probability of dropping a hidden unit, in [0, 1)")
-    add("--dropout-mode", "inverted or textbook")
-    add("--weight-decay", "the book's L2 on weights (adamw, lion, adadelta: their decoupled decay)")
-    add("--sampling", "epoch (permutations) or replacement (the book's)")
-    add("--seed", f"random seed, 0 to {SEED_MAX}")
-    t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
-    t.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("evaluate", help="report a finished run's loss and accuracy")
-    e.add_argument("run", help="run directory")
-    e.add_argument("--last", action="store_true", help="the last epoch's state instead of the best-validation one")
-    e.add_argument("--dataset-dir", default=None, help="directory holding the dataset's IDX files")
-    e.add_argument("--json", default=None, help="also write the report to this JSON file")
-    e.set_defaults(func=cmd_evaluate)
-
-    pr = sub.add_parser("predict", help="predict labels for inputs in a .npy or .npz (array 'x')")
-    pr.add_argument("run", help="run directory")
-    pr.add_argument("input", help=".npy, or .npz holding 'x'")
-    pr.add_argument("--output", default=None, help=".npy file for the labels (default: print them)")
-    pr.set_defaults(func=cmd_predict)
-
-    c = sub.add_parser("compare", help="the book's optimizer comparison: same batches, same initial weights")
-    c.add_argument("--dataset", type=_dataset, default="digits", help="digits, mnist, fashion-mnist or PATH.npz (default: digits)")
-    c.add_argument("--dataset-dir", default=None, help="directory holding the dataset's IDX files (mnist, fashion-mnist)")
-    c.add_argument("--optimizers", type=_optimizer_names, default="sgd,momentum,adagrad,adam",
-                   help="comma-separated, or 'all' (default: the book's four)")
-    c.add_argument("--iterations", type=_ranged(_int, 1), default=2000, help="(default: 2000, the book's)")
-    c.add_argument("--batch-size", type=_ranged(_int, 1), default=128, help="(default: 128, the book's)")
-    c.add_argument("--hidden", type=_hidden, default="100,100,100,100", help="(default: 100,100,100,100, the book's)")
-    c.add_argument("--seed", type=TRAIN_TYPES["seed"], default=0, help=f"0 to {SEED_MAX} (default: 0)")
-    c.add_argument("--quick", action="store_true", help="200 iterations")
-    c.add_argument("--out", default="runs/compare", help="(default: runs/compare)")
-    c.set_defaults(func=cmd_compare)
-    return p
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
 
 
 def _one_line(text: str) -> str:
@@ -692,7 +425,7 @@ def main(argv=None) -> int:
     except ValueError:
         previous = None
     try:
-        return args.func(args)
+        return COMMANDS[args.command](args)
     except UsageError as err:
         print(f"jaxscratch {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2

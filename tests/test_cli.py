@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -103,6 +104,11 @@ def test_resume_errors(tmp_path, default_run, capsys):
     (["train", "--b2", "1"], "--b2 must be in [0, 1); got 1.0 (--optimizer adam)"),
     (["train", "--epoch", "3"], "unrecognized arguments: --epoch 3; see jaxscratch --help"),
     (["compare", "--optimizers", "sgd,foo"], "argument --optimizers: expected all, or comma-separated names"),
+    (["train", "--devices", "0"], "argument --devices: expected all or an int >= 1; got '0'"),
+    (["train", "--devices", "3"], "--batch-size 100 is not a multiple of --devices 3"),
+    (["train", "--devices", "1000", "--batch-size", "1000"], "--devices 1000 exceeds the 1 "),
+    (["train", "--precision", "fp16"], "argument --precision: expected one of float32, bfloat16; got 'fp16'"),
+    (["train", "--skip-nonfinite", "-1"], "argument --skip-nonfinite: expected an int >= 0; got '-1'"),
 ])
 def test_bad_input_is_one_clear_line(argv, message, capsys, tmp_path):
     code, _, err = run([*argv, "--out", tmp_path / "x"] if argv[0] == "train" else argv, capsys)
@@ -201,3 +207,99 @@ def test_sigterm_keeps_the_last_epoch_and_resume_finishes(tmp_path):
                             str(done + 2), "--quiet"], capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == done + 2
+
+
+# ----------------------------------------------------------------- scale flags (docs/scaling.md)
+TINY = ["--epochs", 2, "--hidden", 32, "--learning-rate", 0.01, "--quiet"]  # 24 steps reach ~80%
+
+
+def _metrics(folder):
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_bfloat16_trains_with_float32_checkpoints(tmp_path, capsys):
+    from jaxscratch import checkpoint
+
+    assert run(["train", "--out", tmp_path / "bf16", "--precision", "bfloat16", *TINY], capsys)[0] == 0
+    assert run(["train", "--out", tmp_path / "f32", *TINY], capsys)[0] == 0
+    bf16, f32 = _metrics(tmp_path / "bf16"), _metrics(tmp_path / "f32")
+    assert bf16["config"]["precision"] == "bfloat16" and f32["config"]["precision"] == "float32"
+    losses = np.array(bf16["history"]["step_loss"])
+    assert np.all(np.isfinite(losses)) and bf16["test_accuracy"] > 0.7
+    # bf16 really ran (not bit-identical to float32) and follows the float32 curve to bf16 rounding
+    assert losses.tolist() != f32["history"]["step_loss"]
+    assert np.allclose(bf16["history"]["train_loss"], f32["history"]["train_loss"], rtol=0.05)
+    for name in ("checkpoint.npz", "best.npz"):  # restore checks every leaf's dtype against the float32 template
+        tree = checkpoint.restore(tmp_path / "bf16" / name, like=_template_like(checkpoint.load_metadata(tmp_path / "bf16" / name)))
+        floats = [leaf.dtype for leaf in jax.tree.leaves(tree) if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)]
+        assert floats and set(floats) == {np.dtype(np.float32)}
+    assert run(["evaluate", tmp_path / "bf16"], capsys)[0] == 0
+
+
+def test_skip_nonfinite_skips_bad_steps_and_resumes(tmp_path, capsys):
+    """Five training images at 3e38 overflow to Inf in the first layer: each batch holding one
+    has NaN gradients and is skipped; the run goes on, and --resume rebuilds the guarded optimizer."""
+    from jaxscratch import data
+
+    ds = data.load_digits()
+    x = ds.x_train.copy()
+    x[:5] = 3e38  # finite float32, so the data check accepts them
+    np.savez(tmp_path / "poisoned.npz", x_train=x, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
+    guard = ["--dataset", tmp_path / "poisoned.npz", "--validation-fraction", 0, "--skip-nonfinite", 3,
+             "--hidden", 32, "--learning-rate", 0.01, "--quiet"]
+    assert run(["train", "--out", tmp_path / "whole", "--epochs", 2, *guard], capsys)[0] == 0
+    assert run(["train", "--out", tmp_path / "half", "--epochs", 1, *guard], capsys)[0] == 0
+    code, _, err = run(["train", "--out", tmp_path / "half", "--resume", "--skip-nonfinite", 4], capsys)
+    assert code == 2 and "--skip-nonfinite 4 conflicts with the run's 3" in err
+    code, _, err = run(["train", "--out", tmp_path / "half", "--resume", "--epochs", 2, "--quiet"], capsys)
+    assert code == 0, err
+    whole, half = _metrics(tmp_path / "whole"), _metrics(tmp_path / "half")
+    assert half["config"]["skip_nonfinite"] == 3
+    assert half["history"]["skipped_steps"] == whole["history"]["skipped_steps"] == [5, 5]
+    assert half["skipped_steps"] == 10
+    np.testing.assert_array_equal(half["history"]["step_loss"], whole["history"]["step_loss"])  # null where skipped
+    assert None in whole["history"]["step_loss"]  # standard JSON: a skipped step's NaN loss is written as null
+    assert "NaN" not in (tmp_path / "whole" / "metrics.json").read_text()
+    assert np.isfinite(half["history"]["train_loss"]).all() and half["test_accuracy"] > 0.5  # it learned
+
+
+def test_a_run_stored_before_the_scale_flags_still_evaluates_and_resumes(default_run, tmp_path, capsys):
+    from jaxscratch import checkpoint
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("checkpoint.npz", "best.npz"):
+        meta = checkpoint.load_metadata(default_run / name)
+        tree = checkpoint.restore(default_run / name, like=_template_like(meta))
+        config = {k: v for k, v in meta["config"].items() if k not in ("devices", "precision", "skip_nonfinite")}
+        checkpoint.save(old / name, tree, metadata={**meta, "config": config})
+    code, _, err = run(["evaluate", old], capsys)
+    assert code == 0, err
+    epochs = len(checkpoint.load_metadata(old / "checkpoint.npz")["history"]["epoch"])
+    code, _, err = run(["train", "--out", old, "--resume", "--epochs", epochs + 1, "--quiet"], capsys)
+    assert code == 0, err
+    config = _metrics(old)["config"]
+    assert (config["devices"], config["precision"], config["skip_nonfinite"]) == (1, "float32", None)
+
+
+_TWO_DEVICES = """
+import sys
+from jaxscratch import cli
+common = ["--epochs", "2", "--hidden", "16", "--batch-size", "100", "--quiet"]
+assert cli.main(["train", "--out", sys.argv[1], "--devices", "all", *common]) == 0
+assert cli.main(["train", "--out", sys.argv[2], "--devices", "1", *common]) == 0
+"""
+
+
+def test_two_devices_match_one(tmp_path):
+    """--devices all on 2 forced CPU devices (XLA_FLAGS must be set before JAX starts: a child)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, "-c", _TWO_DEVICES, str(tmp_path / "two"), str(tmp_path / "one")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    two, one = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")
+    assert two["config"]["devices"] == 2 and one["config"]["devices"] == 1
+    for k in ("step_loss", "train_loss", "train_eval_loss", "val_eval_loss", "test_eval_loss"):
+        np.testing.assert_allclose(two["history"][k], one["history"][k], atol=1e-4, err_msg=k)
+    assert abs(two["test_accuracy"] - one["test_accuracy"]) <= 1 / 359  # at most one test digit flips

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
 sys.path.insert(0, str(ROOT))
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxscratch import checkpoint, cli, data  # noqa: E402
@@ -99,6 +100,12 @@ CASES = [
     Case(F, "optimizer hyperparameter out of range", "train --b1 1.5 --out x"),
     Case(F, "optimizer hyperparameter out of range", "train --optimizer momentum --momentum 1 --out x"),
     Case(F, "schedule flag for another schedule", "train --decay-factor 0.5"),
+    Case(F, "device count out of range", "train --devices 0"),
+    Case(F, "device count given a word", "train --devices two"),
+    Case(F, "batch size not a multiple of the device count", "train --devices 3"),
+    Case(F, "more devices than the machine has", "train --devices 50"),
+    Case(F, "unknown precision", "train --precision float16"),
+    Case(F, "non-finite skip limit out of range", "train --skip-nonfinite -1"),
     Case(F, "--dataset-dir for the digits", "train --dataset-dir idx/good"),
     Case(F, "--dataset-dir that does not exist", "train --dataset mnist --dataset-dir nowhere"),
     Case(F, "--out is a file", "train --out notes.txt"),
@@ -151,6 +158,7 @@ CASES = [
     Case(C, "an existing run without --resume", "train --out run"),
     Case(C, "--resume with nothing to resume", "train --out nowhere --resume"),
     Case(C, "--resume with a different configuration", "train --out run --resume --hidden 16"),
+    Case(C, "--resume with --skip-nonfinite the run did not have", "train --out run --resume --skip-nonfinite 3"),
     Case(C, "--resume with fewer epochs than already run", "train --out run --resume --epochs 1"),
     Case(C, "--resume of a damaged checkpoint", "train --out ckpt/flipped-byte --resume"),
     Case(C, "--resume of a checkpoint whose arrays are another model's", "train --out ckpt/other-model --resume"),
@@ -452,9 +460,10 @@ def run_cases(cases=CASES) -> list[Result]:
 
 # ---------------------------------------------------------------- the document
 def versions() -> str:
-    """What the messages depend on: the OS's, zlib's and NumPy's own texts go into some."""
+    """What the messages depend on: the OS's, zlib's and NumPy's own texts go into some, and
+    ``--devices`` names the devices JAX sees."""
     return (f"Python {platform.python_version()}, NumPy {np.__version__}, zlib {zlib.ZLIB_RUNTIME_VERSION}, "
-            f"{platform.system()}")
+            f"{platform.system()}, {jax.device_count()} {jax.default_backend()} device{'s' * (jax.device_count() > 1)}")
 
 
 def _code(text: str) -> str:
