@@ -1,11 +1,12 @@
 """jaxscratch: a pure-functional JAX training library for *Deep Learning from Scratch*.
 
-Modules (imports point one way, downward): ``cli`` -> ``train`` (+ ``checkpoint``) -> ``nn``,
-``losses``, ``optim`` (optimizers as ``(init, update)`` pairs), ``schedules``, ``data``;
-``gradcheck`` (numerical gradients) and ``landscapes`` (2-D test functions, optimizer paths)
-sit beside ``train``; ``plot`` (matplotlib) is imported only on demand.
+Modules (imports point one way, downward): ``cli`` (its flags in ``_flags``) -> ``sweep``
+(vmapped trials) -> ``train`` (+ ``checkpoint``) -> ``nn``, ``losses``, ``optim`` (optimizers
+as ``(init, update)`` pairs), ``schedules``, ``data``; ``gradcheck`` (numerical gradients) and
+``landscapes`` (2-D test functions, optimizer paths) sit beside ``train``; ``plot``
+(matplotlib) is imported only on demand.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from jaxscratch import checkpoint, data, gradcheck, landscapes, losses, nn, optim, schedules, sweep, train
 
