@@ -9,12 +9,14 @@ Contract:
     trial: ``learning_rate`` and the optimizer's other keywords (``momentum``, ``b1``, ...),
     ``weight_decay`` (the book's L2 on weights, in the loss), ``drop_rate`` and
     ``init_scale`` (the weights' standard deviation). :func:`run_trials` trains all ``T``
-    trials with ``jax.vmap`` as one compiled program; trial ``i`` equals ``train.fit`` run
+    trials with ``jax.vmap``; trial ``i`` equals ``train.fit`` run
     alone with key ``fold_in(key, seeds[i])``, its hyperparameters and its initial weights
     ``nn.init_mlp(fold_in(key, seeds[i]), ...)`` (tested, to float tolerance).
   * :class:`Trials` holds the batched states, the hyperparameters, the seeds and a history of
     per-epoch metrics of shape ``(T, epochs)``; :func:`train_trials` continues it,
-    :func:`select` keeps some trials. That is all successive halving needs.
+    :func:`select` keeps some trials. That is all successive halving needs. Trials run in
+    groups (all at once on an accelerator, a few at a time on a CPU), one compiled program
+    per configuration whatever the number of trials or epochs.
   * :func:`random_search` (the book's protocol: log-uniform ranges, a validation split, trials
     ranked by final validation accuracy), :func:`successive_halving` on top of it, and
     :func:`kfold_cv`, vmapped over configurations and folds.
@@ -174,25 +176,61 @@ def _pairs(spec: Spec, train_data, validation, test) -> tuple:
     return x, y, sets
 
 
-def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validation=None, test=None) -> Trials:
-    """Train every trial ``epochs`` more epochs (one compiled, vmapped program)."""
-    if not isinstance(epochs, int) or epochs < 1:
+# On a CPU, trials train in groups of this many, one compiled program serving every group, every
+# epoch and every rung of successive halving; elsewhere all trials form one group (see train_trials).
+CPU_GROUP_SIZE = 4
+
+_take = jax.jit(lambda tree, idx: jax.tree.map(lambda a: a[idx], tree))
+_join = jax.jit(lambda trees, n: jax.tree.map(lambda *a: jnp.concatenate(a)[:n], *trees), static_argnums=1)
+
+
+def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validation=None, test=None,
+                 group_size: int | None = None) -> Trials:
+    """Train every trial ``epochs`` more epochs.
+
+    Trials are ``vmap``-ed in groups of ``group_size`` (the last group padded with repeats of the
+    last trial, whose results are dropped), and every call trains one group for one epoch. So a
+    single compiled program serves every group, epoch count and trial count of a configuration,
+    and successive halving compiles once instead of once per rung. Default: all trials in one
+    group on an accelerator (width is what it is good at); :data:`CPU_GROUP_SIZE` on a CPU,
+    which is compute-bound at any width (measured: benchmarks/RESULTS.md).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
     x, y, sets = _pairs(spec, train_data, validation, test)
     if not 1 <= spec.batch_size <= x.shape[0]:
         raise ValueError(f"batch_size must be in [1, {x.shape[0]}] (the training set size); got {spec.batch_size}")
-    state, records = _train_many(spec, epochs, trials.state, trials.hparams, x, y, sets)
+    n = int(trials.seeds.shape[0])
+    if group_size is None:
+        group_size = CPU_GROUP_SIZE if jax.default_backend() == "cpu" else n
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int; got {group_size!r}")
+    width = group_size  # fewer trials than that are padded too: the same program serves them
+    groups = -(-n // width)
+    index = np.minimum(np.arange(groups * width), n - 1).reshape(groups, width)  # pad: repeat the last trial
+    states, records = [], []
+    for g in range(groups):
+        state, hp = _take((trials.state, trials.hparams), index[g])
+        per_epoch = []
+        for _ in range(epochs):
+            state, record = _train_many(spec, 1, state, hp, x, y, sets)  # record: metric -> (width, 1)
+            per_epoch.append(record)
+        states.append(state)
+        records.append(per_epoch)
+    state = states[0] if groups * width == n == width else _join(states, n)
+    records = jax.device_get(records)  # one transfer for the whole call
     history = dict(trials.history)
-    for k, v in records.items():  # (T, epochs)
-        history[k] = np.concatenate([history[k], np.asarray(v)], axis=1) if k in history else np.asarray(v)
+    for k in records[0][0]:
+        v = np.concatenate([np.concatenate([r[k] for r in per_epoch], axis=1) for per_epoch in records])[:n]
+        history[k] = np.concatenate([history[k], v], axis=1) if k in history else v  # (T, epochs so far)
     return Trials(state, trials.hparams, trials.seeds, history)
 
 
 def run_trials(key, spec: Spec, hparams: dict, train_data, *, epochs: int, validation=None, test=None,
-               seeds=None) -> Trials:
+               seeds=None, group_size: int | None = None) -> Trials:
     """:func:`init_trials` then :func:`train_trials`."""
     return train_trials(init_trials(key, spec, hparams, seeds), spec, train_data, epochs=epochs,
-                        validation=validation, test=test)
+                        validation=validation, test=test, group_size=group_size)
 
 
 def select(trials: Trials, index) -> Trials:
@@ -227,16 +265,18 @@ def _log_uniform(key, ranges: dict, n: int) -> dict:
 
 
 def random_search(key, spec: Spec, ranges: dict, train_data, validation, *, n_trials: int, epochs: int,
-                  test=None) -> tuple[Trials, list[dict]]:
+                  test=None, group_size: int | None = None) -> tuple[Trials, list[dict]]:
     """The book's search: each hyperparameter ``10 ** U(log10 low, log10 high)``, every trial
     trained ``epochs`` epochs; returns the trials and their table, best validation accuracy first."""
     hp = _log_uniform(jax.random.fold_in(key, 1), ranges, n_trials)
-    trials = run_trials(key, spec, hp, train_data, epochs=epochs, validation=validation, test=test)
+    trials = run_trials(key, spec, hp, train_data, epochs=epochs, validation=validation, test=test,
+                        group_size=group_size)
     return trials, table(trials)
 
 
 def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *, n_trials: int,
-                       max_epochs: int, min_epochs: int = 1, eta: int = 3, test=None) -> tuple[Trials, list[dict], dict]:
+                       max_epochs: int, min_epochs: int = 1, eta: int = 3, test=None,
+                       group_size: int | None = None) -> tuple[Trials, list[dict], dict]:
     """Random search that stops bad trials early.
 
     Rung ``i`` trains the survivors up to ``min_epochs * eta ** i`` epochs (the last rung to
@@ -256,7 +296,8 @@ def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *,
     done, spent, rungs, budget = 0, 0, [], min_epochs
     while True:
         budget = min(budget, max_epochs)
-        trials = train_trials(trials, spec, train_data, epochs=budget - done, validation=validation, test=test)
+        trials = train_trials(trials, spec, train_data, epochs=budget - done, validation=validation, test=test,
+                              group_size=group_size)
         spent += (budget - done) * int(trials.seeds.shape[0])
         rungs.append({"epochs": budget, "trials": int(trials.seeds.shape[0])})
         done = budget

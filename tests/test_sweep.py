@@ -51,6 +51,29 @@ def test_seed_only_sweep_and_continuation(small):
     assert len({round(float(v), 6) for v in five.history["train_loss"][:, 0]}) == 4
 
 
+def test_groups_give_the_same_trials_and_halving_compiles_one_training_program(small):
+    tr, va, _ = small
+    spec = SPEC._replace(optimizer="sgd", sizes=(64, 24, 10))
+    hp = {"learning_rate": [0.01, 0.03, 0.1, 0.2, 0.05]}
+    whole = sweep.run_trials(jax.random.key(3), spec, hp, tr, epochs=2, validation=va, group_size=5)
+    grouped = sweep.run_trials(jax.random.key(3), spec, hp, tr, epochs=2, validation=va, group_size=2)  # 2+2+1(+1 pad)
+    for k in whole.history:
+        np.testing.assert_allclose(grouped.history[k], whole.history[k], rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(whole.state.params), jax.tree.leaves(grouped.state.params)):
+        assert a.shape == b.shape and a.shape[0] == 5
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="group_size must be a positive int"):
+        sweep.train_trials(whole, spec, tr, epochs=1, group_size=0)
+    # every rung (12 -> 4 -> 2 trials, 1/2/4 epochs) reuses one compiled training program
+    compiled = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, d, **kw: compiled.append(kw.get("fun_name")) if event.endswith("backend_compile_duration") else None)
+    sweep.successive_halving(jax.random.key(4), spec, {"learning_rate": (1e-3, 0.3)}, tr, va, n_trials=12,
+                             max_epochs=4, min_epochs=1, eta=3, group_size=4)
+    # (this spec's width-4 program is new here: exactly one compilation for three rungs)
+    assert sum(1 for name in compiled if name and "_train_one" in name) == 1, compiled
+
+
 def test_random_search_table_and_log_uniform_ranges(small):
     tr, va, _ = small
     trials, rows = sweep.random_search(jax.random.key(1), SPEC._replace(optimizer="sgd"),
