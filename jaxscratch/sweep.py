@@ -23,6 +23,7 @@ Contract:
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any, NamedTuple
@@ -66,10 +67,19 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
     for name, opt in optimizers.items():
         if not isinstance(opt, optim.Optimizer) and not (hasattr(opt, "init") and hasattr(opt, "update")):
             raise TypeError(f"optimizers[{name!r}] must be an (init, update) pair; got {type(opt).__name__}")
-        run = jax.jit(lambda p, x, y, b, opt=opt: train.run_steps(opt, p, x, y, b, activation=activation))
+        try:
+            run = _run_steps_program(opt, activation)
+        except TypeError:  # an unhashable optimizer object: compile without the cache
+            run = _run_steps_program.__wrapped__(opt, activation)
         state, losses = run(params, x, y, batches)
         results[name] = (state, np.asarray(losses))
     return results
+
+
+@functools.lru_cache(maxsize=32)
+def _run_steps_program(opt, activation: str):
+    """``train.run_steps`` compiled, cached per optimizer object: a repeated comparison recompiles nothing."""
+    return jax.jit(lambda p, x, y, b: train.run_steps(opt, p, x, y, b, activation=activation))
 
 
 # ----------------------------------------------------------------- vmapped trials
@@ -236,9 +246,8 @@ def run_trials(key, spec: Spec, hparams: dict, train_data, *, epochs: int, valid
 def select(trials: Trials, index) -> Trials:
     """The trials at ``index`` (an int array), in that order."""
     index = np.asarray(index)
-    pick = lambda a: a[index]
-    return Trials(jax.tree.map(pick, trials.state), {k: pick(v) for k, v in trials.hparams.items()},
-                  pick(trials.seeds), {k: v[index] for k, v in trials.history.items()})
+    state, hparams, seeds = _take((trials.state, trials.hparams, trials.seeds), index)  # one program, not one per leaf
+    return Trials(state, hparams, seeds, {k: v[index] for k, v in trials.history.items()})
 
 
 def table(trials: Trials, metric: str = "val_acc") -> list[dict]:
