@@ -295,9 +295,10 @@ _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # one program per tr
 
 
 def _placement(mesh, data_axis, batch_size):
-    """``(data_axis, put)``: ``put`` places an array replicated over ``mesh`` (or on the default device)."""
+    """``(data_axis, devices on it, put)``: ``put`` places an array replicated over ``mesh`` (or on
+    the default device)."""
     if mesh is None:
-        return None, jax.device_put  # explicit transfers (see the transfer_guard test)
+        return None, 1, jax.device_put  # explicit transfers (see the transfer_guard test)
     if not isinstance(mesh, jax.sharding.Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}")
     if data_axis is None:
@@ -311,7 +312,7 @@ def _placement(mesh, data_axis, batch_size):
         raise ValueError(f"batch_size must be a multiple of the {devices} devices on mesh axis {data_axis!r}; "
                          f"got {batch_size}")
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return data_axis, lambda a: jax.device_put(a, replicated)
+    return data_axis, devices, lambda a: jax.device_put(a, replicated)
 
 
 def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_size: int = 100,
@@ -363,20 +364,18 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
         raise TypeError(f"compute_dtype must be a floating dtype such as jnp.bfloat16; got {compute_dtype!r}")
     hyper = _as_hyper(weight_decay, drop_rate)
     use_dropout = not (isinstance(drop_rate, (int, float)) and drop_rate == 0)
-    data_axis, put = _placement(mesh, data_axis, batch_size)
+    data_axis, devices, put = _placement(mesh, data_axis, batch_size)
     sets = {"train": (x, y)}
     for name, pair in (("val", validation), ("test", test)):
         if pair is not None and len(pair[0]):
             sets[name] = _check_data(name, pair, n_in, n_out)
-    devices = 1 if mesh is None else mesh.shape[data_axis]
     chunk = min(_FIT_EVAL_CHUNK, max(len(xe) for xe, _ in sets.values()))
     chunk = -(-chunk // devices) * devices
     chunks = {name: _chunked(xe, ye, chunk) for name, (xe, ye) in sets.items()}
     train_chunks = tuple(put(a) for a in chunks.pop("train"))  # one device copy: training and its evaluation
-    eval_chunks = {"train": [functools.partial(_take_chunk, train_chunks, put(np.int32(i)))  # indices uploaded once
-                             for i in range(len(train_chunks[0]))]}
-    for name, arrays in chunks.items():  # host-split: no slicing program to compile
-        eval_chunks[name] = [functools.partial(lambda c: c, tuple(put(a[i]) for a in arrays)) for i in range(len(arrays[0]))]
+    train_index = [put(np.int32(i)) for i in range(len(train_chunks[0]))]  # uploaded once, sliced on the device
+    held_out = {name: [tuple(put(a[i]) for a in arrays) for i in range(len(arrays[0]))]  # host-split: nothing
+                for name, arrays in chunks.items()}                                     # to compile
     epoch_fn, eval_fn = _programs(
         optimizer.update, batch_size=batch_size, sampling=sampling, n=x.shape[0], activation=activation,
         dropout_mode=dropout_mode, use_dropout=use_dropout,
@@ -396,8 +395,9 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
     for epoch in range(done + 1, epochs + 1):
         start = time.perf_counter()
         state, (step_losses, params_finite) = epoch_fn(state, train_chunks[0], train_chunks[1], hyper)
-        sums = {name: [eval_fn(state.params, state.bn_state, *get(), eval_rate) for get in getters]
-                for name, getters in eval_chunks.items()}
+        eval_chunks = {"train": [_take_chunk(train_chunks, i) for i in train_index], **held_out}
+        sums = {name: [eval_fn(state.params, state.bn_state, *c, eval_rate) for c in parts]
+                for name, parts in eval_chunks.items()}
         extra = state.opt_state.total_notfinite if guarded else 0
         # the epoch's one sync (explicit: fit runs under jax.transfer_guard("disallow"), tested)
         step_losses, params_finite, sums, extra, step = jax.device_get(

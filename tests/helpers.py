@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 
+import jax
 import pytest
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -18,3 +19,30 @@ def require_files(paths):
     if os.environ.get("CI") == "true":
         pytest.fail(message + "; CI=true requires them")
     pytest.skip(message)
+
+
+class CompileCounter:
+    """Counts XLA compilations through JAX's monitoring events (one per compiled program), and
+    records the compiled functions' names: ``with COMPILES as c: ...; c.count, c.names``."""
+
+    def __init__(self):
+        self.names, self.active = [], False
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event, duration, **kwargs):
+        if self.active and event == "/jax/core/compile/backend_compile_duration":
+            self.names.append(kwargs.get("fun_name", ""))
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+    def __enter__(self):
+        self.names, self.active = [], True
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+
+
+COMPILES = CompileCounter()  # listeners cannot be removed: one per test process

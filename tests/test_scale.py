@@ -13,6 +13,8 @@ import pytest
 
 from jaxscratch import data, nn, optim, train
 
+from helpers import COMPILES
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -21,27 +23,6 @@ def digits():
     return (xt, yt), (xv, yv)
 
 
-class CompileCounter:
-    """Counts XLA compilations through JAX's monitoring events (one per compiled program)."""
-
-    def __init__(self):
-        self.count = 0
-        self.active = False
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-    def _on_event(self, event, duration, **kwargs):
-        if self.active and event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
-
-    def __enter__(self):
-        self.count, self.active = 0, True
-        return self
-
-    def __exit__(self, *exc):
-        self.active = False
-
-
-_COUNTER = CompileCounter()  # listeners cannot be removed: one per test process
 
 
 def _fit(tr, va, opt, epochs=2, **kw):
@@ -54,20 +35,20 @@ def test_fit_compiles_nothing_on_a_second_call_or_new_hyperparameter_values(digi
     tr, va = digits
     opt = optim.momentum(0.05)
     _fit(tr, va, opt, weight_decay=1e-3, drop_rate=0.1)  # warm: compiles the epoch and evaluation
-    with _COUNTER as c:
+    with COMPILES as c:
         _fit(tr, va, opt, weight_decay=1e-3, drop_rate=0.1)
     assert c.count == 0
-    with _COUNTER as c:
+    with COMPILES as c:
         _fit(tr, va, opt, epochs=4, weight_decay=0.02, drop_rate=0.3)  # more epochs, other values
     assert c.count == 0
     # learning rates live in the state with inject_hyperparams: any value, same program
     make = optim.inject_hyperparams(optim.adam)
     _fit(tr, va, make(learning_rate=1e-3))
-    with _COUNTER as c:
+    with COMPILES as c:
         r = _fit(tr, va, make(learning_rate=3e-3))
     assert c.count == 0 and float(r.state.opt_state.hyperparams["learning_rate"]) == pytest.approx(3e-3)
     # a change of program (another batch size) does compile: the counter sees compilations
-    with _COUNTER as c:
+    with COMPILES as c:
         params = nn.init_mlp(jax.random.key(0), (64, 32, 10))
         train.fit(jax.random.key(1), params, opt, tr, epochs=1, batch_size=40, verbose=False)
     assert c.count >= 1

@@ -6,6 +6,8 @@ import pytest
 
 from jaxscratch import data, nn, optim, sweep, train
 
+from helpers import COMPILES
+
 
 @pytest.fixture(scope="module")
 def small():
@@ -65,13 +67,11 @@ def test_groups_give_the_same_trials_and_halving_compiles_one_training_program(s
     with pytest.raises(ValueError, match="group_size must be a positive int"):
         sweep.train_trials(whole, spec, tr, epochs=1, group_size=0)
     # every rung (12 -> 4 -> 2 trials, 1/2/4 epochs) reuses one compiled training program
-    compiled = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, d, **kw: compiled.append(kw.get("fun_name")) if event.endswith("backend_compile_duration") else None)
-    sweep.successive_halving(jax.random.key(4), spec, {"learning_rate": (1e-3, 0.3)}, tr, va, n_trials=12,
-                             max_epochs=4, min_epochs=1, eta=3, group_size=4)
+    with COMPILES as compiled:
+        sweep.successive_halving(jax.random.key(4), spec, {"learning_rate": (1e-3, 0.3)}, tr, va, n_trials=12,
+                                 max_epochs=4, min_epochs=1, eta=3, group_size=4)
     # (this spec's width-4 program is new here: exactly one compilation for three rungs)
-    assert sum(1 for name in compiled if name and "_train_one" in name) == 1, compiled
+    assert sum(1 for name in compiled.names if "_train_one" in name) == 1, compiled.names
 
 
 def test_random_search_table_and_log_uniform_ranges(small):
