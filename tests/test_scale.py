@@ -23,8 +23,6 @@ def digits():
     return (xt, yt), (xv, yv)
 
 
-
-
 def _fit(tr, va, opt, epochs=2, **kw):
     params = nn.init_mlp(jax.random.key(0), (64, 32, 10))
     return train.fit(jax.random.key(1), params, opt, tr, epochs=epochs, batch_size=50, validation=va,
