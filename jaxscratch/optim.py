@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "Optimizer", "ApplyIfFiniteState", "apply_updates", "apply_if_finite", "chain",
@@ -147,7 +148,16 @@ def _as(x, like: jax.Array) -> jax.Array:
 
 
 def _zeros_count() -> jax.Array:
-    return jnp.zeros([], jnp.int32)
+    return jax.device_put(np.int32(0))  # outside a trace: a buffer, no program compiled
+
+
+def _full_like(x, fill) -> jax.Array:
+    """``jnp.full_like(x, fill)``; for a concrete array, filled on the host and placed where
+    ``x`` is, so an eager ``init`` compiles no small program per shape (``train.fit``'s setup)."""
+    if isinstance(x, jax.core.Tracer) or getattr(x, "weak_type", False) or not hasattr(x, "shape"):
+        return jnp.full_like(x, fill)
+    committed = getattr(x, "committed", False)
+    return jax.device_put(np.full(x.shape, fill, x.dtype), x.sharding if committed else None)
 
 
 def _increment(count: jax.Array) -> jax.Array:
@@ -157,7 +167,7 @@ def _increment(count: jax.Array) -> jax.Array:
 
 
 def _zeros_like(tree, fill=0.0):
-    return jax.tree.map(lambda x: jnp.full_like(x, fill), tree)
+    return jax.tree.map(lambda x: _full_like(x, fill), tree)
 
 
 def _resolve_mask(mask, params):
@@ -296,8 +306,8 @@ def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 5) -> Optimi
         raise ValueError(f"max_consecutive_errors must be an int >= 0; got {max_consecutive_errors!r}")
 
     def init(params):
-        zero = jnp.zeros([], jnp.int32)
-        return ApplyIfFiniteState(_zeros_count(), zero, jnp.ones([], bool), zero, inner.init(params))
+        zero = _zeros_count()
+        return ApplyIfFiniteState(zero, zero, jax.device_put(np.bool_(True)), zero, inner.init(params))
 
     def update(grads, state, params=None):
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [jnp.bool_(True)]))

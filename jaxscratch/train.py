@@ -76,7 +76,7 @@ class FitResult(NamedTuple):
 def init_state(key, params, optimizer: optim.Optimizer) -> TrainState:
     """A fresh state: ``optimizer.init(params)``, zero running statistics, step 0."""
     return TrainState(params, optimizer.init(params), nn.init_bn_state(params), key,
-                      jnp.zeros([], jnp.int32))
+                      jax.device_put(np.int32(0)))
 
 
 def _as_hyper(weight_decay, drop_rate) -> Hyper:
@@ -252,25 +252,33 @@ def _check_data(name: str, pair, n_in: int, n_out: int):
     return x, y
 
 
-def _chunked(x: np.ndarray, y: np.ndarray, chunk: int) -> tuple:
-    """``(xs (k, chunk, ...), ys, mask (k, chunk))`` on the host: rows padded with zeros."""
-    k = max(1, -(-len(x) // chunk))
-    pad = k * chunk - len(x)
-    xs = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-    ys = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)]) if pad else y
-    mask = np.arange(k * chunk) < len(x)
-    return tuple(a.reshape((k, chunk) + a.shape[1:]) for a in (xs, ys, mask))
-
-
-# Chunk i of the training set, which lives on the device in one piece (the epoch reads it).
-_take_chunk = jax.jit(lambda arrays, i: tuple(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in arrays))
+def _layout(sets: dict, chunk: int, n_out: int) -> tuple[tuple, dict]:
+    """Every set in one host array of chunks, the training set first: ``((xs (k, chunk, d), ys,
+    mask (k, chunk)), {name: chunk indices})``. Each set is padded with zero rows to whole chunks
+    (``mask`` marks the real rows), so the training rows are the first ``len(x_train)`` of the
+    flattened array. Mixed label formats become one-hot rows (exact for integer labels)."""
+    one_hot = any(not np.issubdtype(ye.dtype, np.integer) for _, ye in sets.values())
+    x_dtype = jnp.dtype(jnp.result_type(sets["train"][0].dtype))  # float64 -> float32 unless x64
+    where, k = {}, 0
+    for name, (xe, _) in sets.items():
+        where[name] = range(k, k + max(1, -(-len(xe) // chunk)))
+        k = where[name].stop
+    d = sets["train"][0].shape[1]
+    xs = np.zeros((k * chunk, d), x_dtype)  # filled in place: one host copy of the data
+    ys = np.zeros((k * chunk, n_out), x_dtype) if one_hot else np.zeros(k * chunk, np.int32)
+    mask = np.zeros(k * chunk, bool)
+    for name, (xe, ye) in sets.items():
+        rows = slice(where[name].start * chunk, where[name].start * chunk + len(xe))
+        xs[rows], mask[rows] = xe, True
+        ys[rows] = np.eye(n_out, dtype=x_dtype)[ye] if one_hot and ye.ndim == 1 else ye
+    return tuple(a.reshape((k, chunk) + a.shape[1:]) for a in (xs, ys, mask)), where
 
 
 @functools.lru_cache(maxsize=32)
 def _programs(update, *, batch_size, sampling, n, activation, dropout_mode, use_dropout, use_weight_decay,
               compute_dtype, mesh, data_axis) -> tuple[Callable, Callable]:
     """The compiled epoch and evaluation-chunk programs of a configuration (cached: see the
-    module docstring). The epoch takes the training set in ``fit``'s padded chunk layout."""
+    module docstring). Both take every set in ``fit``'s chunk layout (:func:`_layout`)."""
     sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
     epoch = make_epoch(optim.Optimizer(None, update), batch_size=batch_size, sampling=sampling,
                        sharding=sharding, activation=activation, dropout_mode=dropout_mode,
@@ -282,7 +290,8 @@ def _programs(update, *, batch_size, sampling, n, activation, dropout_mode, use_
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
         return state, (step_losses, finite)
 
-    def eval_fn(params, bn_state, xc, yc, mask, rate):
+    def eval_fn(params, bn_state, xs, ys, mask, i, rate):  # chunk i of fit's layout
+        xc, yc, mask = (jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in (xs, ys, mask))
         if sharding is not None:
             xc, yc, mask = jax.lax.with_sharding_constraint((xc, yc, mask), sharding)
         return _chunk_sums(params, bn_state, xc, yc, mask, rate, activation=activation,
@@ -371,11 +380,10 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
             sets[name] = _check_data(name, pair, n_in, n_out)
     chunk = min(_FIT_EVAL_CHUNK, max(len(xe) for xe, _ in sets.values()))
     chunk = -(-chunk // devices) * devices
-    chunks = {name: _chunked(xe, ye, chunk) for name, (xe, ye) in sets.items()}
-    train_chunks = tuple(put(a) for a in chunks.pop("train"))  # one device copy: training and its evaluation
-    train_index = [put(np.int32(i)) for i in range(len(train_chunks[0]))]  # uploaded once, sliced on the device
-    held_out = {name: [tuple(put(a[i]) for a in arrays) for i in range(len(arrays[0]))]  # host-split: nothing
-                for name, arrays in chunks.items()}                                     # to compile
+    host, where = _layout(sets, chunk, n_out)
+    arrays = tuple(put(a) for a in host)  # one upload: training reads its rows, evaluation every chunk
+    index = [put(np.int32(i)) for i in range(len(host[0]))]  # uploaded once: no transfer per epoch
+    del host
     epoch_fn, eval_fn = _programs(
         optimizer.update, batch_size=batch_size, sampling=sampling, n=x.shape[0], activation=activation,
         dropout_mode=dropout_mode, use_dropout=use_dropout,
@@ -392,12 +400,14 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
     step, skipped = jax.device_get((state.step, state.opt_state.total_notfinite if guarded else 0))
     done = int(step) // steps_per_epoch
     best_acc = max(history.get("val_acc", [-1.0]), default=-1.0)
+    if done < epochs:  # compile both programs first (cached): a compile beside a running epoch is slower
+        epoch_fn.lower(state, arrays[0], arrays[1], hyper).compile()
+        eval_fn.lower(state.params, state.bn_state, *arrays, index[0], eval_rate).compile()
     for epoch in range(done + 1, epochs + 1):
         start = time.perf_counter()
-        state, (step_losses, params_finite) = epoch_fn(state, train_chunks[0], train_chunks[1], hyper)
-        eval_chunks = {"train": [_take_chunk(train_chunks, i) for i in train_index], **held_out}
-        sums = {name: [eval_fn(state.params, state.bn_state, *c, eval_rate) for c in parts]
-                for name, parts in eval_chunks.items()}
+        state, (step_losses, params_finite) = epoch_fn(state, arrays[0], arrays[1], hyper)
+        sums = {name: [eval_fn(state.params, state.bn_state, *arrays, index[i], eval_rate) for i in chunks]
+                for name, chunks in where.items()}
         extra = state.opt_state.total_notfinite if guarded else 0
         # the epoch's one sync (explicit: fit runs under jax.transfer_guard("disallow"), tested)
         step_losses, params_finite, sums, extra, step = jax.device_get(

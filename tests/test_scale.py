@@ -98,7 +98,7 @@ _MESH_SCRIPT = textwrap.dedent("""
     epoch_fn, _ = train._programs(opt.update, batch_size=64, sampling="epoch", n=len(xt), activation="relu",
                                   dropout_mode="inverted", use_dropout=False, use_weight_decay=False,
                                   compute_dtype=None, mesh=mesh, data_axis="data")
-    xs, ys, _ = train._chunked(np.asarray(xt), np.asarray(yt), 256)
+    (xs, ys, _), _ = train._layout({"train": (np.asarray(xt), np.asarray(yt))}, 256, 10)
     state = train.init_state(jax.random.key(0), nn.init_mlp(jax.random.key(1), (64, 64, 10)), opt)
     hlo = epoch_fn.lower(state, xs, ys, train.Hyper(jnp.float32(0), jnp.float32(0))).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
