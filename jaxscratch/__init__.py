@@ -4,11 +4,12 @@ Modules (imports point one way, downward): ``cli`` (its flags in ``_flags``) -> 
 (vmapped trials) -> ``train`` (+ ``checkpoint``) -> ``nn``, ``losses``, ``optim`` (optimizers
 as ``(init, update)`` pairs), ``schedules``, ``data``; ``gradcheck`` (numerical gradients) and
 ``landscapes`` (2-D test functions, optimizer paths) sit beside ``train``; ``plot``
-(matplotlib) is imported only on demand.
+(matplotlib) is imported only on demand; ``compile_cache`` (compiled programs on disk, enabled
+by the command line only) stands alone.
 """
 __version__ = "0.3.0"
 
-from jaxscratch import checkpoint, data, gradcheck, landscapes, losses, nn, optim, schedules, sweep, train
+from jaxscratch import checkpoint, compile_cache, data, gradcheck, landscapes, losses, nn, optim, schedules, sweep, train
 
-__all__ = ["__version__", "checkpoint", "data", "gradcheck", "landscapes", "losses", "nn", "optim",
+__all__ = ["__version__", "checkpoint", "compile_cache", "data", "gradcheck", "landscapes", "losses", "nn", "optim",
            "schedules", "sweep", "train"]

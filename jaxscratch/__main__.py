@@ -1,6 +1,6 @@
 """``python -m jaxscratch``: the same as the ``jaxscratch`` command."""
 import sys
 
-from jaxscratch.cli import main
+from jaxscratch.cli import run
 
-sys.exit(main())
+sys.exit(run())

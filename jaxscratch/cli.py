@@ -17,6 +17,8 @@ Contract:
   * Nothing is written before the inputs are checked. Files are written atomically (a
     temporary file, then a rename), only into ``--out`` or the file named by ``--json`` /
     ``--output``; a run that stops before its first checkpoint leaves no ``--out`` behind.
+    The one exception is the cache of compiled programs (:mod:`jaxscratch.compile_cache`,
+    enabled by :func:`run`, the command's entry point; ``JAXSCRATCH_COMPILE_CACHE=off``).
   * ``--devices``, ``--precision`` and ``--skip-nonfinite`` give ``train.fit`` its ``mesh``, its
     ``compute_dtype`` and an ``optim.apply_if_finite`` optimizer (docs/scaling.md). Like every
     flag they are stored with the run (a run stored before them reads as their defaults), and
@@ -41,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import __version__, checkpoint, data, nn, optim, sweep, train
+from jaxscratch import __version__, checkpoint, compile_cache, data, nn, optim, sweep, train
 from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS, UsageError, _flag, _init_scale,
                                _widths, build_optimizer, build_parser, data_parallel, stored_config, train_config)
 from jaxscratch._flags import SEED_MAX, TRAIN_TYPES, _bool, _float, _hidden, _int  # noqa: F401: re-exported for tests
@@ -440,6 +442,14 @@ def main(argv=None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def run() -> int:
+    """The ``jaxscratch`` command itself: :func:`main` with compiled programs kept on disk between
+    runs (``compile_cache.enable``; ``JAXSCRATCH_COMPILE_CACHE=off`` disables it). ``main``
+    alone leaves JAX's settings as they are, for callers in a process of their own."""
+    compile_cache.enable()
+    return main()
 
 
 def _terminate(signum, frame):

@@ -3,8 +3,14 @@
 Float64 checks never flip a global switch: they run inside ``with jax.enable_x64(True):``
 scoped to one test, so results do not depend on test order.
 """
+import os
+
 import jax
 import pytest
+
+# `jaxscratch` processes started by the tests keep no compiled programs in the user's cache;
+# test_compile_cache.py and test_reliability.py turn it on in folders of their own.
+os.environ["JAXSCRATCH_COMPILE_CACHE"] = "off"
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")

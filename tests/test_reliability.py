@@ -1,6 +1,6 @@
 """`jaxscratch train` as separate processes: killed or signalled in the middle of a checkpoint
 save, bit-identical results from one seed, nothing written outside --out; and no code-executing
-file format anywhere in the package.
+file format anywhere in the package. The processes share one folder of compiled programs.
 
 One module fixture starts every process at once (two reference runs and three runs stopped
 during epoch 2's save), then resumes the stopped ones; the tests read what they left.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxscratch import checkpoint
+from jaxscratch import checkpoint, compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small but complete: batch norm (running statistics), dropout (the PRNG), 3 epochs of ~20 steps.
@@ -55,6 +55,7 @@ def runs(tmp_path_factory):
            "MPLCONFIGDIR": str(dirs["mpl"]), "PYTHONDONTWRITEBYTECODE": "1", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(dirs["no-matplotlib"]), str(ROOT)])}
     env.pop("JAXSCRATCH_DATA", None)
+    env.pop("JAXSCRATCH_COMPILE_CACHE", None)  # the default: compiled programs in the sandbox's cache, shared
 
     def start(argv):
         return subprocess.Popen([sys.executable, *argv], cwd=dirs["cwd"], env=env, text=True,
@@ -130,8 +131,15 @@ def test_sigterm_or_sigint_during_a_save_exits_cleanly_and_resume_matches(runs, 
 
 def test_nothing_is_written_outside_the_run_folders(runs):
     dirs = runs["dirs"]
-    for name in ("home", "cache", "tmp", "mpl"):
+    for name in ("home", "tmp", "mpl"):
         assert list(dirs[name].rglob("*")) == [], name
+    # but compiled programs, in the cache: whole entries only, though five processes wrote at once
+    compiled = dirs["cache"] / "jaxscratch" / "compiled"
+    entries = sorted(p.relative_to(dirs["cache"]) for p in dirs["cache"].rglob("*") if p.is_file())
+    assert entries and all(p.parent == compiled.relative_to(dirs["cache"]) and p.name.endswith("-cache")
+                           for p in entries), entries
+    store = compile_cache._store_class()(compiled)
+    assert all(store.get(p.name.removesuffix("-cache")) is not None for p in entries)
     assert sorted(os.listdir(dirs["cwd"])) == sorted(["a", "b", *STOPS])
     assert sorted(os.listdir(dirs["cwd"] / "a")) == ["best.npz", "checkpoint.npz", "metrics.json"]
 
