@@ -149,10 +149,31 @@ def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets):
 
 
 # Initialisation runs once per sweep but, vmapped, took XLA 9-18 s to optimise on a 2-core CPU
-# (threefry under vmap); unoptimised it compiles in ~1.3 s and its values change by <= 1 ulp.
+# (threefry under vmap); unoptimised it compiles in ~1 s and its values change by <= 1 ulp.
+# (Initialising trial by trial with nn.init_mlp's program compiles no faster and ran ~20 ms a trial.)
 _init_many = jax.jit(jax.vmap(_init_one, in_axes=(None, None, 0, 0)), static_argnums=0,
                      compiler_options={"xla_backend_optimization_level": 0})
 _train_many = jax.jit(jax.vmap(_train_one, in_axes=(None, None, 0, 0, None, None, None)), static_argnums=(0, 1))
+
+
+def _host_columns(trees: list) -> tuple:
+    """The trees' leaves fetched in one transfer and concatenated along the trial axis:
+    ``(columns, key impls, treedef)``; PRNG key leaves travel as their raw data."""
+    flat = [jax.tree.flatten(t) for t in trees]
+    leaves, treedef = flat[0]
+    impls = [jax.random.key_impl(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else None for a in leaves]
+    raw = jax.device_get([[jax.random.key_data(a) if impl else a for a, impl in zip(ls, impls)] for ls, _ in flat])
+    columns = [np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0]) for parts in zip(*raw)]
+    return columns, impls, treedef
+
+
+def _put_rows(host: tuple, rows) -> Any:
+    """Rows ``rows`` of :func:`_host_columns`'s trees, back on the device. Gathering on the host
+    compiles nothing; on the device it compiled a program for every number of trials (each rung
+    of successive halving)."""
+    columns, impls, treedef = host
+    leaves = jax.device_put([c[rows] for c in columns])
+    return treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a for a, impl in zip(leaves, impls)])
 
 
 def _hparams(hparams: dict) -> tuple[dict, int]:
@@ -170,8 +191,6 @@ def init_trials(key, spec: Spec, hparams: dict, seeds=None) -> Trials:
     seeds = jnp.arange(n, dtype=jnp.int32) if seeds is None else jnp.asarray(seeds, jnp.int32).reshape(-1)
     if seeds.shape[0] != n:
         raise ValueError(f"seeds must have one entry per trial ({n}); got {seeds.shape[0]}")
-    if not hp:  # only seeds vary: give vmap an axis to map over
-        n = seeds.shape[0]
     return Trials(_init_many(spec, key, seeds, hp), hp, seeds, {})
 
 
@@ -190,8 +209,6 @@ def _pairs(spec: Spec, train_data, validation, test) -> tuple:
 # epoch and every rung of successive halving; elsewhere all trials form one group (see train_trials).
 CPU_GROUP_SIZE = 4
 
-_take = jax.jit(lambda tree, idx: jax.tree.map(lambda a: a[idx], tree))
-_join = jax.jit(lambda trees, n: jax.tree.map(lambda *a: jnp.concatenate(a)[:n], *trees), static_argnums=1)
 
 
 def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validation=None, test=None,
@@ -218,16 +235,18 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
     width = group_size  # fewer trials than that are padded too: the same program serves them
     groups = -(-n // width)
     index = np.minimum(np.arange(groups * width), n - 1).reshape(groups, width)  # pad: repeat the last trial
+    whole = groups == 1 and width == n  # one group of every trial: nothing to gather
+    host = None if whole else _host_columns([(trials.state, trials.hparams)])
     states, records = [], []
     for g in range(groups):
-        state, hp = _take((trials.state, trials.hparams), index[g])
+        state, hp = (trials.state, trials.hparams) if whole else _put_rows(host, index[g])
         per_epoch = []
         for _ in range(epochs):
             state, record = _train_many(spec, 1, state, hp, x, y, sets)  # record: metric -> (width, 1)
             per_epoch.append(record)
         states.append(state)
         records.append(per_epoch)
-    state = states[0] if groups * width == n == width else _join(states, n)
+    state = states[0] if whole else _put_rows(_host_columns(states), np.arange(n))
     records = jax.device_get(records)  # one transfer for the whole call
     history = dict(trials.history)
     for k in records[0][0]:
@@ -246,7 +265,7 @@ def run_trials(key, spec: Spec, hparams: dict, train_data, *, epochs: int, valid
 def select(trials: Trials, index) -> Trials:
     """The trials at ``index`` (an int array), in that order."""
     index = np.asarray(index)
-    state, hparams, seeds = _take((trials.state, trials.hparams, trials.seeds), index)  # one program, not one per leaf
+    state, hparams, seeds = _put_rows(_host_columns([(trials.state, trials.hparams, trials.seeds)]), index)
     return Trials(state, hparams, seeds, {k: v[index] for k, v in trials.history.items()})
 
 
