@@ -47,7 +47,8 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
     Args:
       logits: ``(batch, classes)``.
-      labels: integer class indices ``(batch,)`` or one-hot rows ``(batch, classes)``.
+      labels: integer class indices ``(batch,)`` or one-hot rows ``(batch, classes)``. An
+        integer label outside ``[0, classes)`` makes the loss NaN.
 
     Returns:
       A scalar.
@@ -58,7 +59,10 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     _check_labels(logits, labels)
     logp = jax.nn.log_softmax(logits, axis=-1)
     if jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-        nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+        # the label's entry by a one-hot select: elementwise forward and backward (a gather, and its
+        # scatter in the gradient, compile slowly on CPUs, most of all under vmap)
+        nll = -jnp.sum(jnp.where(jax.nn.one_hot(labels, logp.shape[-1], dtype=bool), logp, 0), axis=-1)
+        nll = jnp.where((labels >= 0) & (labels < logp.shape[-1]), nll, jnp.nan)  # a bad label shows
     else:
         nll = -jnp.sum(labels.astype(logp.dtype) * logp, axis=-1)
     return jnp.mean(nll)

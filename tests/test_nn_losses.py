@@ -141,6 +141,15 @@ def test_cross_entropy_is_stable_for_huge_logits():
     assert bool(jnp.all(jnp.isfinite(jax.grad(losses.softmax_cross_entropy)(logits, jnp.array([1, 0])))))
 
 
+def test_cross_entropy_with_an_integer_label_out_of_range_is_nan():
+    logits = jnp.zeros((3, 4))
+    for bad in (4, -1):
+        labels = jnp.array([0, bad, 2])
+        assert bool(jnp.isnan(losses.softmax_cross_entropy(logits, labels)))
+        assert bool(jnp.isnan(jax.jit(losses.softmax_cross_entropy)(logits, labels)))  # traced too
+    assert float(losses.softmax_cross_entropy(logits, jnp.array([0, 3, 2]))) == pytest.approx(np.log(4))
+
+
 def test_mse_and_sum_squared_error():
     y, t = jnp.array([[0.1, 0.6, 0.3]]), jnp.array([[0.0, 1.0, 0.0]])
     assert float(losses.sum_squared_error(y, t)) == pytest.approx(0.5 * (0.01 + 0.16 + 0.09))

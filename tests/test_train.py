@@ -141,3 +141,21 @@ def test_divergence_stops_with_the_step_named(digits, key):
     with pytest.raises(FloatingPointError, match=r"training diverged: loss (nan|inf) at step \d+ \(epoch 1\)"):
         train.fit(key, params, optim.sgd(1e12), tr, epochs=3, verbose=False, on_epoch=lambda e, r: seen.append(e))
     assert seen == []  # nothing diverged was handed to the checkpoint callback
+
+
+def test_sets_with_mixed_label_formats_evaluate_as_their_labels_say(digits):
+    """fit lays every set out in one array of chunks; one-hot validation labels beside integer
+    training labels are evaluated exactly as integer ones (and the training is unchanged)."""
+    ds, tr, va = digits
+    key = jax.random.key(2)
+    params = nn.init_mlp(key, (64, 32, 10))
+    as_int = train.fit(key, params, optim.adam(), tr, epochs=2, validation=va, test=(ds.x_test, ds.y_test),
+                       verbose=False)
+    va_hot = (va[0], np.asarray(data.one_hot(va[1], 10)))
+    mixed = train.fit(key, params, optim.adam(), tr, epochs=2, validation=va_hot, test=(ds.x_test, ds.y_test),
+                      verbose=False)
+    for k in ("step_loss", "train_acc", "val_acc", "test_acc"):
+        np.testing.assert_allclose(mixed.history[k], as_int.history[k], rtol=1e-6)
+    np.testing.assert_allclose(mixed.history["val_eval_loss"], as_int.history["val_eval_loss"], rtol=1e-5)
+    direct = train.evaluate(mixed.state.params, mixed.state.bn_state, *map(jnp.asarray, va))
+    assert float(direct[1]) == pytest.approx(mixed.history["val_acc"][-1], abs=1e-6)
