@@ -1,24 +1,25 @@
-"""Compiled programs kept on disk between processes, written atomically and checksummed.
+"""Compiled programs kept on disk between processes, shared safely by concurrent runs.
 
 ``jaxscratch train`` compiles its epoch and evaluation programs afresh in every process (about
 2.5 s for the default MLP on a 2-core CPU). JAX can keep compiled programs in a folder (its
-persistent compilation cache); :func:`enable` turns that on with a store of its own, because
-JAX's file store writes entries in place: a process killed mid-write leaves a truncated entry
-that JAX then warns about on every later run and never replaces, and a process starting
-beside a writer can read half an entry.
+persistent compilation cache, ``jax_compilation_cache_dir``), but it writes each entry in
+place: a process killed mid-write leaves a truncated entry that JAX warns about on every later
+run and never replaces, and a process starting beside a writer can read half an entry. So
+:func:`enable` gives JAX a folder of this process's own and shares entries through a second one.
 
 Contract:
-  * An entry is written to a temporary file in the same folder, then renamed: readers see a
-    whole entry or none, whatever runs beside them or is killed.
-  * Every entry ends with the SHA-256 of its bytes. An entry that fails the check (a damaged
-    disk, a foreign file) is deleted and reads as a miss: JAX compiles again and the entry is
-    written anew. Nothing damaged is ever handed to JAX.
-  * Results do not depend on the cache: a program read from it is the very executable that was
-    compiled (tested bit-identical across processes).
-  * Only programs that took at least ``min_compile_time_s`` to compile are kept (the small ones
-    load no faster than they compile).
-  * The folder grows by one entry per distinct program (hundreds of KB each); delete it at any
-    time. Keys are JAX's, which include the JAX, jaxlib and XLA versions and the device kind.
+  * The shared folder only ever gains whole files, each named after its own checksum
+    (``KEY-cache.SHA256``): at exit, each entry this process compiled is hard-linked in (or
+    copied to a temporary file and renamed), an operation that is atomic.
+  * At start, every shared entry whose content matches its name is linked into a fresh private
+    folder, which JAX reads and writes; one that does not (a damaged disk, a foreign file) is
+    deleted, so it is compiled again and written anew.
+  * A process killed before exit loses only its own new entries; the next process removes its
+    private folder. Concurrent processes never see each other's partial files.
+  * Results do not depend on the cache: a program read from it is the very executable that
+    was compiled (tested bit-identical across processes). Only programs that took at least
+    ``min_compile_time_s`` to compile are kept; entries are tens of KB for jaxscratch's MLPs.
+  * Only public JAX configuration is used. The folder may be deleted at any time.
 
 The command line enables it in ``$JAXSCRATCH_COMPILE_CACHE`` (``off`` disables it), else
 ``$XDG_CACHE_HOME/jaxscratch/compiled`` (``~/.cache`` when unset). The library never enables
@@ -26,9 +27,11 @@ it by itself: a program that imports jaxscratch keeps JAX's own settings.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
-import tempfile
+import secrets
+import shutil
 import time
 from pathlib import Path
 
@@ -36,9 +39,10 @@ import jax
 
 __all__ = ["default_dir", "enable"]
 
-_DIGEST = 32  # bytes of SHA-256 at the end of every entry
-_SUFFIX = "-cache"
-_STALE_TMP_S = 3600  # a temporary file this old belongs to a process that died mid-write
+_SUFFIX = "-cache"  # JAX names its entries KEY-cache; the shared folder holds KEY-cache.SHA256
+_STAGING = ".staging"  # private folders, one per process: PID-RANDOM
+_STALE_TMP_S = 3600  # a temporary file this old was left by a killed process
+_state: dict = {}
 
 
 def default_dir() -> Path | None:
@@ -53,61 +57,77 @@ def default_dir() -> Path | None:
     return Path(base) / "jaxscratch" / "compiled"
 
 
-def _store_class():
-    """The store, subclassing JAX's cache interface (``None`` when this JAX has none)."""
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _alive(pid: int) -> bool:
     try:
-        from jax._src.compilation_cache_interface import CacheInterface
-    except ImportError:
-        return None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or cannot tell: leave it
+    return True
 
-    class _AtomicStore(CacheInterface):
-        def __init__(self, path: Path):
-            self._path = path
 
-        def _file(self, key: str) -> Path:
-            if not key or "/" in key or key.startswith("."):
-                raise ValueError(f"compile cache keys must be plain file names; got {key!r}")
-            return self._path / f"{key}{_SUFFIX}"
+def _tidy(folder: Path) -> dict[str, Path]:
+    """Remove private folders of dead processes, stale temporary files and every shared file
+    whose content does not match its name; return ``{JAX entry name: shared file}``."""
+    for private in (folder / _STAGING).glob("*") if (folder / _STAGING).is_dir() else ():
+        pid = private.name.split("-", 1)[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(private, ignore_errors=True)
+    now, good = time.time(), {}
+    for path in sorted(folder.glob(f"*{_SUFFIX}*")) if folder.is_dir() else ():
+        try:
+            if path.name.startswith("."):  # a temporary file
+                if now - path.stat().st_mtime > _STALE_TMP_S:
+                    path.unlink()
+                continue
+            name, _, digest = path.name.rpartition(".")
+            if name.endswith(_SUFFIX) and name not in good and digest == _digest(path):
+                good[name] = path
+            else:
+                path.unlink()  # damaged, foreign, or a second copy of an entry
+        except OSError:
+            pass
+    return good
 
-        def get(self, key: str) -> bytes | None:
-            path = self._file(key)
+
+def _publish() -> int:
+    """Share this process's new entries (atomically, named by checksum); remove its private folder."""
+    folder, private, known = _state.get("folder"), _state.get("private"), _state.get("known", set())
+    if private is None or not private.is_dir():
+        return 0
+    shared = 0
+    for entry in sorted(private.glob(f"*{_SUFFIX}")):
+        if entry.name in known:
+            continue
+        try:
+            target = folder / f"{entry.name}.{_digest(entry)}"
             try:
-                blob = path.read_bytes()
-            except FileNotFoundError:
-                return None
-            value, digest = blob[:-_DIGEST], blob[-_DIGEST:]
-            if len(blob) <= _DIGEST or hashlib.sha256(value).digest() != digest:
-                path.unlink(missing_ok=True)  # damaged: a miss, and put() writes it anew
-                return None
-            return value
-
-        def put(self, key: str, value: bytes) -> None:
-            path = self._file(key)
-            if path.exists():
-                return
-            self._path.mkdir(parents=True, exist_ok=True)  # created at the first entry, not before
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self._path)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(value)
-                    f.write(hashlib.sha256(value).digest())
-                os.replace(tmp, path)  # atomic: a reader sees the whole entry or none
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-
-    return _AtomicStore
+                os.link(entry, target)  # atomic; an equal file already there is fine
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links here: a temporary copy, renamed
+                tmp = folder / f".{entry.name}.{secrets.token_hex(4)}.tmp"
+                shutil.copyfile(entry, tmp)
+                os.replace(tmp, target)
+            shared += 1
+        except OSError:
+            pass  # a cache: never fail the program at exit
+    shutil.rmtree(private, ignore_errors=True)
+    return shared
 
 
 def enable(path=None, *, min_compile_time_s: float = 0.1) -> Path | None:
     """Keep compiled programs in ``path`` (default :func:`default_dir`) for later processes.
 
-    Returns the folder in use, or ``None`` when nothing is cached: the default says ``off``,
-    JAX's cache was already set up by the caller (their settings win), or this JAX version
-    offers no hook for a store (jaxscratch then runs as without a cache; it never falls back
-    to JAX's in-place writer).
-
-    The folder is created when the first entry is written.
+    Call it before compiling; entries compiled from then on are shared when the process exits.
+    Returns the shared folder, or ``None`` when nothing is cached: the default says ``off``,
+    JAX's cache was configured by the caller (their settings win), or the folder cannot be
+    written.
 
     Raises:
       ValueError: ``min_compile_time_s`` negative or not a number.
@@ -115,27 +135,28 @@ def enable(path=None, *, min_compile_time_s: float = 0.1) -> Path | None:
     if isinstance(min_compile_time_s, bool) or not isinstance(min_compile_time_s, (int, float)) \
             or not min_compile_time_s >= 0:
         raise ValueError(f"min_compile_time_s must be a number >= 0; got {min_compile_time_s!r}")
+    if _state:
+        return _state["folder"]
     folder = Path(path) if path is not None else default_dir()
-    store_class = _store_class()
-    try:
-        from jax._src import compilation_cache as cc
-        hooks = all(hasattr(cc, name) for name in ("_cache", "_cache_initialized", "_cache_initialized_mutex"))
-    except ImportError:
-        hooks = False
-    if folder is None or store_class is None or not hooks:
+    if folder is None or jax.config.jax_compilation_cache_dir:
         return None
-    with cc._cache_initialized_mutex:
-        if cc._cache_initialized or cc._cache is not None or jax.config.jax_compilation_cache_dir:
-            return None  # the caller configured JAX's cache: leave it alone
-        now = time.time()
-        for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():  # left by a process killed mid-write
+    private = folder / _STAGING / f"{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        private.mkdir(parents=True)
+        known = _tidy(folder)
+        for name, entry in known.items():
             try:
-                if now - tmp.stat().st_mtime > _STALE_TMP_S:
-                    tmp.unlink()
+                os.link(entry, private / name)  # no copy: the same file, which is never rewritten
             except OSError:
-                pass
-        jax.config.update("jax_compilation_cache_dir", str(folder))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
-        cc._cache = store_class(folder)
-        cc._cache_initialized = True
+                shutil.copyfile(entry, private / name)
+    except OSError:  # a folder we cannot write: run without the cache, never fail for it
+        shutil.rmtree(private, ignore_errors=True)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(private))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+    # XLA's own GPU caches would live in the private folder, whose path would then enter every
+    # program's cache key: no process could read another's entries
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
+    _state.update(folder=folder, private=private, known=set(known))
+    atexit.register(_publish)
     return folder

@@ -1,11 +1,14 @@
-"""The on-disk store of compiled programs: atomic, checksummed, self-repairing, and results that
-do not depend on it (separate `jaxscratch train` processes sharing one folder)."""
+"""The on-disk cache of compiled programs: whole files only, named by checksum, self-repairing,
+and results that do not depend on it (separate `jaxscratch train` processes sharing a folder)."""
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import jax
 import pytest
 
 from jaxscratch import compile_cache
@@ -27,30 +30,39 @@ print(json.dumps({"code": code, "hits": len(hits)}))
 """
 
 
-def store(tmp_path):
-    return compile_cache._store_class()(tmp_path)
+def _entry(folder, name, data: bytes, digest=None):
+    path = folder / f"{name}.{digest or hashlib.sha256(data).hexdigest()}"
+    path.write_bytes(data)
+    return path
 
 
-def test_store_round_trip_and_refuses_damaged_entries(tmp_path):
-    s = store(tmp_path / "new")
-    assert s.get("k1") is None and not (tmp_path / "new").exists()  # nothing created by a read
-    s.put("k1", b"executable bytes")
-    assert s.get("k1") == b"executable bytes"
-    s.put("k1", b"other")  # an existing entry is kept (JAX's rule: same key, same program)
-    assert s.get("k1") == b"executable bytes"
-    entry = tmp_path / "new" / "k1-cache"
-    for damage in (lambda b: b[:-5], lambda b: b[:3], lambda b: bytes([b[0] ^ 1]) + b[1:], lambda b: b""):
-        s.put("k1", b"executable bytes")
-        entry.write_bytes(damage(entry.read_bytes()))
-        assert s.get("k1") is None and not entry.exists()  # a miss, and the damaged entry is gone
-    assert sorted(os.listdir(tmp_path / "new")) == []  # no temporary file left behind
-    with pytest.raises(ValueError, match="plain file names"):
-        s.get("../outside")
+def test_tidy_keeps_whole_entries_and_removes_everything_else(tmp_path):
+    assert compile_cache._tidy(tmp_path / "absent") == {}  # nothing created by a look
+    assert not (tmp_path / "absent").exists()
+    good = _entry(tmp_path, "k1-cache", b"program one")
+    second = _entry(tmp_path, "k1-cache", b"program one, compiled again")  # equal programs, other bytes
+    truncated = _entry(tmp_path, "k2-cache", b"prog", digest=hashlib.sha256(b"program two").hexdigest())
+    foreign = tmp_path / "k3-cache"  # JAX's own format: no checksum in the name
+    foreign.write_bytes(b"?")
+    stale, fresh = tmp_path / ".k4-cache.ab12.tmp", tmp_path / ".k5-cache.cd34.tmp"
+    stale.write_bytes(b"half"), fresh.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200,) * 2)
+    dead, mine = tmp_path / ".staging" / "999999999-00", tmp_path / ".staging" / f"{os.getpid()}-00"
+    dead.mkdir(parents=True), mine.mkdir()
+    kept = compile_cache._tidy(tmp_path)
+    assert kept == {"k1-cache": good} or kept == {"k1-cache": second}
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {kept["k1-cache"].name, fresh.name, ".staging"}  # a fresh temporary file may be in use
+    assert [p.name for p in (tmp_path / ".staging").iterdir()] == [mine.name]  # a dead process's folder goes
+    assert not truncated.exists() and not foreign.exists()
 
 
 def test_enable_checks_its_argument_and_respects_off(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"min_compile_time_s must be a number >= 0; got -1"):
         compile_cache.enable(tmp_path, min_compile_time_s=-1)
+    (tmp_path / "a-file").write_text("")
+    assert compile_cache.enable(tmp_path / "a-file" / "cache") is None  # cannot be written: no cache, no error
+    assert compile_cache._state == {} and jax.config.jax_compilation_cache_dir is None
     monkeypatch.setenv("JAXSCRATCH_COMPILE_CACHE", "off")
     assert compile_cache.default_dir() is None
     monkeypatch.setenv("JAXSCRATCH_COMPILE_CACHE", str(tmp_path / "here"))
@@ -76,23 +88,25 @@ def test_processes_share_compiled_programs_with_identical_results(tmp_path):
     env = {**os.environ, "JAXSCRATCH_COMPILE_CACHE": str(folder), "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(ROOT)}
     hits, first = _train(tmp_path, env, "first")
-    entries = sorted(folder.glob("*-cache"))
+    entries = sorted(folder.glob("*-cache.*"))
     names = [p.name.split("-")[0] for p in entries]
     assert hits == 0 and "jit_epoch_fn" in names and "jit_eval_fn" in names
+    assert all(p.name.rpartition(".")[2] == hashlib.sha256(p.read_bytes()).hexdigest() for p in entries)
     hits, second = _train(tmp_path, env, "second")
     assert hits == len(entries) and second == first  # read back, and the same numbers to the bit
-    # A damaged entry is a miss, silently: compiled again, written anew, the same results.
+    # A damaged entry is a miss, silently: compiled again, shared anew, the same results.
     epoch_entry = entries[names.index("jit_epoch_fn")]
-    blob = epoch_entry.read_bytes()
-    epoch_entry.write_bytes(blob[: len(blob) // 2])
+    epoch_entry.write_bytes(epoch_entry.read_bytes()[:1000])
     hits, third = _train(tmp_path, env, "third")
     assert hits == len(entries) - 1 and third == first
-    assert store(folder).get(epoch_entry.name.removesuffix("-cache")) is not None  # whole again
+    assert compile_cache._tidy(folder).keys() == {p.name.rpartition(".")[0] for p in entries}  # whole again
     # off: nothing read, nothing written
     off = {**env, "JAXSCRATCH_COMPILE_CACHE": "off", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     hits, fourth = _train(tmp_path, off, "fourth")
     assert hits == 0 and fourth == first and not (tmp_path / "xdg" / "jaxscratch").exists()
-    assert sorted(folder.iterdir()) == entries  # no temporary files
+    assert sorted(p.name for p in folder.iterdir()) == sorted([".staging"] + [p.name for p in
+                                                                 compile_cache._tidy(folder).values()])
+    assert list((folder / ".staging").iterdir()) == []  # every private folder removed at exit
 
 
 def test_a_caller_configured_cache_is_left_alone(tmp_path):
