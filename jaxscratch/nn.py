@@ -29,7 +29,6 @@ Nothing here knows about training: no optimizer, no loss; state goes in and come
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import jax

@@ -1,0 +1,258 @@
+"""The optimizer interface and what composes optimizers: the ``Optimizer`` pair, shared helpers,
+``apply_updates``, ``chain``, ``add_decayed_weights``, ``clip_by_global_norm``,
+``inject_hyperparams`` and ``apply_if_finite``.
+
+Private: import these from :mod:`jaxscratch.optim`, whose docstring states the contract they
+keep (optax's call signature, a ``count`` first in every state, ``update`` preserving the tree
+structure and dtypes, range checks on concrete values only). The algorithms themselves are in
+``optim``; this module holds what they and their wrappers share.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Optimizer(NamedTuple):
+    """A pair of pure functions ``init(params) -> state`` and
+    ``update(grads, state, params=None) -> (updates, state)``."""
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+
+
+class CountState(NamedTuple):
+    count: jax.Array
+
+
+class InjectState(NamedTuple):
+    count: jax.Array
+    hyperparams: dict
+    inner_state: Any
+
+
+class ApplyIfFiniteState(NamedTuple):
+    count: jax.Array            # updates seen, finite or not
+    notfinite_count: jax.Array  # consecutive non-finite gradients (0 after a finite one)
+    last_finite: jax.Array      # whether the last gradient was finite
+    total_notfinite: jax.Array  # non-finite gradients skipped or applied, never reset
+    inner_state: Any
+
+
+# ---------------------------------------------------------------- helpers
+def _check(name: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False) -> None:
+    """Range-check a hyperparameter if it is concrete; schedules and tracers pass."""
+    if callable(value):
+        return
+    if isinstance(value, jax.core.Tracer):
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(value)}")
+        return
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a number, a JAX scalar or a schedule; got {type(value).__name__}"
+        ) from None
+    if v != v:
+        raise ValueError(f"{name} must not be NaN")
+    ok = True
+    if lo is not None:
+        ok &= v > lo if lo_open else v >= lo
+    if hi is not None:
+        ok &= v < hi if hi_open else v <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        raise ValueError(f"{name} must be in {left}{lo_s}, {hi_s}{right}; got {value}")
+
+
+def _at(value, count):
+    """A hyperparameter's value at step ``count``: schedules are called, numbers pass."""
+    return value(count) if callable(value) else value
+
+
+def _as(x, like: jax.Array) -> jax.Array:
+    """``x`` in ``like``'s dtype, so strict dtype promotion holds and dtypes are kept."""
+    return jnp.asarray(x).astype(jnp.result_type(like))
+
+
+def _zeros_count() -> jax.Array:
+    return jax.device_put(np.int32(0))  # outside a trace: a buffer, no program compiled
+
+
+def _full_like(x, fill) -> jax.Array:
+    """``jnp.full_like(x, fill)``; for a concrete array, filled on the host and placed where
+    ``x`` is, so an eager ``init`` compiles no small program per shape (``train.fit``'s setup)."""
+    if isinstance(x, jax.core.Tracer) or getattr(x, "weak_type", False) or not hasattr(x, "shape"):
+        return jnp.full_like(x, fill)
+    committed = getattr(x, "committed", False)
+    return jax.device_put(np.full(x.shape, fill, x.dtype), x.sharding if committed else None)
+
+
+def _increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the int32 maximum instead of wrapping."""
+    top = jnp.iinfo(jnp.int32).max
+    return jnp.where(count < top, count + 1, top)
+
+
+def _zeros_like(tree, fill=0.0):
+    return jax.tree.map(lambda x: _full_like(x, fill), tree)
+
+
+def _resolve_mask(mask, params):
+    """``None`` -> every leaf; a callable -> ``mask(params)``; else a pytree of bools."""
+    if mask is None:
+        return jax.tree.map(lambda _: True, params)
+    return mask(params) if callable(mask) else mask
+
+
+def _need_params(params, who: str):
+    if params is None:
+        raise ValueError(f"{who} needs params: call update(grads, state, params)")
+
+
+def apply_updates(params, updates):
+    """``params + updates`` leaf by leaf, each result in its parameter's dtype."""
+    return jax.tree.map(
+        lambda p, u: None if p is None else jnp.asarray(p + u).astype(jnp.result_type(p)),
+        params, updates, is_leaf=lambda x: x is None,
+    )
+
+
+# ---------------------------------------------------------------- composition
+def chain(*transforms) -> Optimizer:
+    """Apply ``transforms`` in order; the state is the tuple of their states (as optax's)."""
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(grads, state, params=None):
+        if len(state) != len(transforms):
+            raise ValueError(f"chain of {len(transforms)} transforms got a state of length {len(state)}")
+        new_states = []
+        for t, s in zip(transforms, state):
+            grads, s = t.update(grads, s, params)
+            new_states.append(s)
+        return grads, tuple(new_states)
+
+    return Optimizer(init, update)
+
+
+def add_decayed_weights(weight_decay=0.0, mask=None) -> Optimizer:
+    """``u + weight_decay * p`` on masked leaves (``mask=None``: every leaf).
+
+    The textbook's L2 decay on weights only is ``mask=nn.weights_mask``.
+    """
+    _check("weight_decay", weight_decay, 0)
+
+    def update(grads, state, params=None):
+        _need_params(params, "add_decayed_weights")
+        wd = _at(weight_decay, state.count)
+        m = _resolve_mask(mask, params)
+        out = jax.tree.map(lambda g, p, keep: g + _as(wd, g) * p if keep else g, grads, params, m)
+        return out, CountState(_increment(state.count))
+
+    return Optimizer(lambda params: CountState(_zeros_count()), update)
+
+
+def clip_by_global_norm(max_norm) -> Optimizer:
+    """Rescale all updates together so their global L2 norm is at most ``max_norm``."""
+    _check("max_norm", max_norm, 0, lo_open=True)
+
+    def update(grads, state, params=None):
+        leaves = jax.tree.leaves(grads)
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves)) if leaves else 0.0
+        limit = _at(max_norm, state.count)
+        scale = jnp.where(norm < limit, 1.0, limit / jnp.where(norm == 0, 1.0, norm))
+        return jax.tree.map(lambda g: g * _as(scale, g), grads), CountState(_increment(state.count))
+
+    return Optimizer(lambda params: CountState(_zeros_count()), update)
+
+
+def inject_hyperparams(factory: Callable[..., Optimizer]) -> Callable[..., Optimizer]:
+    """Wrap an optimizer factory so its numeric hyperparameters live in the state.
+
+    ``opt = inject_hyperparams(adam)(learning_rate=1e-3)``; then
+    ``state.hyperparams["learning_rate"]`` can be read or replaced between steps with no
+    recompilation, and vmapped over. Schedules are evaluated at each step and their current
+    value stored; booleans and other non-numbers stay static keyword arguments.
+    """
+
+    def wrapped(**kwargs) -> Optimizer:
+        factory(**kwargs)  # validate concrete values once, up front
+        numeric = {k: v for k, v in kwargs.items()
+                   if callable(v) or (not isinstance(v, bool) and isinstance(v, (int, float, jax.Array)))}
+        static = {k: v for k, v in kwargs.items() if k not in numeric}
+        schedules = {k: v for k, v in numeric.items() if callable(v)}
+
+        def init(params):
+            zero = jnp.zeros([], jnp.int32)
+            hp = {k: jnp.asarray(_at(v, zero), jnp.result_type(float)) for k, v in numeric.items()}
+            return InjectState(_zeros_count(), hp, factory(**static, **hp).init(params))
+
+        # The update reads the numbers from the state, so it depends only on the factory, the
+        # static arguments, the names and the schedules: equal ones share one function, and
+        # ``train.fit``'s compilation cache serves every value (no recompilation).
+        key = (factory, tuple(sorted(static.items())), tuple(sorted(numeric)),
+               tuple(sorted(schedules.items())))
+        try:
+            update = _INJECTED_UPDATES.get(key)
+        except TypeError:  # an unhashable static argument (a mask pytree): no sharing
+            key, update = None, None
+        if update is None:
+            update = _injected_update(factory, static, tuple(numeric), schedules)
+            if key is not None and len(_INJECTED_UPDATES) < 256:
+                _INJECTED_UPDATES[key] = update
+        return Optimizer(init, update)
+
+    return wrapped
+
+
+_INJECTED_UPDATES: dict = {}
+
+
+def _injected_update(factory, static: dict, names: tuple, schedules: dict):
+    def update(grads, state, params=None):
+        # schedules are evaluated at this step; numbers come from the state
+        hp = {k: jnp.asarray(schedules[k](state.count), jnp.result_type(float)) if k in schedules
+              else state.hyperparams[k] for k in names}
+        updates, inner = factory(**static, **hp).update(grads, state.inner_state, params)
+        return updates, InjectState(_increment(state.count), hp, inner)
+
+    return update
+
+
+def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 5) -> Optimizer:
+    """Skip updates whose gradients hold a NaN or Inf (optax's ``apply_if_finite``).
+
+    A non-finite gradient gives zero updates and leaves ``inner``'s state as it was; after more
+    than ``max_consecutive_errors`` in a row the update is applied anyway, so a run that keeps
+    failing shows it (``train.fit`` then stops with the step named). The counts are in the state
+    (:class:`ApplyIfFiniteState`); ``train.fit`` reports ``total_notfinite`` per epoch.
+    """
+    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) \
+            or max_consecutive_errors < 0:
+        raise ValueError(f"max_consecutive_errors must be an int >= 0; got {max_consecutive_errors!r}")
+
+    def init(params):
+        zero = _zeros_count()
+        return ApplyIfFiniteState(zero, zero, jax.device_put(np.bool_(True)), zero, inner.init(params))
+
+    def update(grads, state, params=None):
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [jnp.bool_(True)]))
+        run = jnp.where(finite, 0, _increment(state.notfinite_count))
+        apply = finite | (run > max_consecutive_errors)
+        updates, new_inner = inner.update(grads, state.inner_state, params)
+        updates = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), updates)
+        new_inner = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_inner, state.inner_state)
+        total = jnp.where(finite, state.total_notfinite, _increment(state.total_notfinite))
+        return updates, ApplyIfFiniteState(_increment(state.count), run, finite, total, new_inner)
+
+    return Optimizer(init, update)
