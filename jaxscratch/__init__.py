@@ -2,7 +2,8 @@
 
 Modules (imports point one way, downward): ``cli`` (its flags in ``_flags``) -> ``sweep``
 (vmapped trials) -> ``train`` (+ ``checkpoint``) -> ``nn``, ``losses``, ``optim`` (optimizers
-as ``(init, update)`` pairs; their interface and wrappers in ``_transforms``), ``schedules``, ``data``; ``gradcheck`` (numerical gradients) and
+as ``(init, update)`` pairs; their interface and wrappers in ``_transforms``), ``schedules``,
+``data`` (IDX files and downloads in ``_idx``); ``gradcheck`` (numerical gradients) and
 ``landscapes`` (2-D test functions, optimizer paths) sit beside ``train``; ``plot``
 (matplotlib) is imported only on demand; ``compile_cache`` (compiled programs on disk, enabled
 by the command line only) stands alone.

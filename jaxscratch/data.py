@@ -21,19 +21,17 @@ Contract:
   * Splits (``train_val_split``, ``kfold_indices``, the digits split) are NumPy and
     deterministic for a given ``seed``. ``epoch_indices`` is JAX: a pure, jitted function of
     ``key`` giving the batch indices for one epoch, so batches are gathered on the device.
+
+Layout: the IDX reader and the search-then-download machinery live in the private ``_idx``
+module; the sources (MD5 tables, mirrors, system folders) stay here.
 """
 from __future__ import annotations
 
 import functools
-import gzip
-import hashlib
-import http.client
 import importlib.resources
 import math
 import numbers
 import os
-import tempfile
-import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
@@ -43,16 +41,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxscratch import _idx
+from jaxscratch._idx import IDX_FILES, DataError, read_idx  # noqa: F401: part of this module's API
+
 __all__ = [
     "DataError", "Dataset", "FASHION_MNIST_MD5", "FASHION_MNIST_MIRRORS",
     "FASHION_MNIST_SYSTEM_DIRS", "IDX_FILES", "MNIST_MD5", "MNIST_MIRRORS", "MNIST_SYSTEM_DIRS",
     "epoch_indices", "kfold_indices", "load_dataset", "load_digits", "load_fashion_mnist",
     "load_mnist", "load_npz", "one_hot", "read_idx", "train_val_split",
 ]
-
-
-class DataError(ValueError):
-    """A data file or array is missing, corrupt, or not what the loader expects."""
 
 
 class Dataset(NamedTuple):
@@ -64,65 +61,6 @@ class Dataset(NamedTuple):
     y_test: np.ndarray
     name: str
     num_classes: int
-
-
-# ---------------------------------------------------------------------------- IDX files
-# IDX: 0x00 0x00 <dtype code> <ndim>, then ndim big-endian uint32 sizes, then the payload.
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def _gunzip(raw: bytes, path) -> bytes:
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-        raise DataError(
-            f"{path}: corrupt or truncated gzip file ({type(e).__name__}: {e}); "
-            "delete it and download it again"
-        ) from None
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzipped or raw.
-
-    Args:
-      path: the file. Gzip is recognised by its magic bytes ``1f 8b``, not the extension.
-
-    Returns:
-      A NumPy array of the stored shape, in native byte order.
-
-    Raises:
-      DataError: unreadable file, corrupt gzip, bad magic number, dtype code or number of
-        dimensions, or a payload shorter or longer than the header announces.
-    """
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read IDX file {path}: {e}") from None
-    data = _gunzip(raw, path) if raw[:2] == b"\x1f\x8b" else raw
-    if len(data) < 4:
-        raise DataError(f"{path}: expected an IDX header of at least 4 bytes; found {len(data)}")
-    zero0, zero1, code, ndim = data[:4]
-    if zero0 or zero1:
-        raise DataError(f"{path}: not an IDX file: expected magic bytes 00 00; found {data[:2].hex(' ')}")
-    if code not in _IDX_DTYPES:
-        codes = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
-        raise DataError(f"{path}: expected an IDX dtype code among {codes}; found 0x{code:02X}")
-    if not 1 <= ndim <= 4:
-        raise DataError(f"{path}: expected 1 to 4 dimensions in the IDX header; found {ndim}")
-    offset = 4 + 4 * ndim
-    if len(data) < offset:
-        raise DataError(f"{path}: IDX header truncated: expected {offset} bytes; found {len(data)}")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[code])
-    expected, found = math.prod(dims) * dtype.itemsize, len(data) - offset
-    if found != expected:
-        what = "truncated" if found < expected else "too long"
-        raise DataError(
-            f"{path}: IDX payload {what}: shape {dims} of {dtype.name} needs {expected} bytes; "
-            f"found {found}"
-        )
-    flat = np.frombuffer(data, dtype=dtype, count=math.prod(dims), offset=offset)
-    return flat.astype(dtype.newbyteorder("=")).reshape(dims)  # a writable native copy
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -214,10 +152,6 @@ def load_digits(*, normalize=True, flatten=True, one_hot=False, test_fraction=0.
 
 
 # ---------------------------------------------------------------------------- MNIST sources
-IDX_FILES = {  # Dataset field -> official file name
-    "x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
-    "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz",
-}
 MNIST_MD5 = {  # MD5 of the official .gz files
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
@@ -251,104 +185,12 @@ def _source(name: str):
             "JAXSCRATCH_FASHION_MNIST_MIRRORS")
 
 
-def _cache_dir(name: str, cache_dir) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("JAXSCRATCH_DATA"):
-        return Path(os.environ["JAXSCRATCH_DATA"]) / name
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "jaxscratch" / name
-
-
-def _find_local(directory: Path, filename: str) -> Path | None:
-    for candidate in (filename, filename.removesuffix(".gz")):
-        if (directory / candidate).is_file():
-            return directory / candidate
-    return None
-
-
-def _download(url: str, dest: Path, md5: str, timeout: float) -> np.ndarray:
-    """Stream ``url`` to a temporary file beside ``dest``; check it; rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        digest, received = hashlib.md5(), 0
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as resp:
-            announced = resp.headers.get("Content-Length")
-            while chunk := resp.read(1 << 16):
-                f.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-        if announced is not None and received != int(announced):
-            raise DataError(f"connection closed after {received} of {announced} bytes")
-        if digest.hexdigest() != md5:
-            raise DataError(f"MD5 mismatch: expected {md5}; found {digest.hexdigest()}")
-        array = read_idx(tmp)  # structure check before the file may enter the cache
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared JAXSCRATCH_DATA should be readable
-        os.replace(tmp, dest)
-        return array
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _fetch(filename: str, name: str, path, cache_dir, mirrors, timeout) -> np.ndarray:
-    """Read one of the four files from the first location that has it, else download it."""
-    md5_table, default_mirrors, system_dirs, env_var = _source(name)
-    if path is not None:
-        found = _find_local(Path(path), filename)
-        if found is None:
-            raise DataError(f"{filename} (or {filename.removesuffix('.gz')}) not found in {path}")
-        return read_idx(found)
-    cache = _cache_dir(name, cache_dir)
-    for directory in (cache, *map(Path, system_dirs)):
-        found = _find_local(directory, filename)
-        if found is None:
-            continue
-        try:
-            return read_idx(found)
-        except DataError as e:
-            raise DataError(f"{e}\nDelete or replace that copy, or pass path= to a good one") from None
-    if mirrors is None:
-        env = os.environ.get(env_var, "")
-        mirrors = [m.strip() for m in env.split(",") if m.strip()] or default_mirrors
-    elif isinstance(mirrors, str):
-        mirrors = [mirrors]
-    errors = []
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        errors.append(f"cannot create the cache folder {cache}: {e}")
-        mirrors = ()
-    for mirror in mirrors:
-        url = mirror.rstrip("/") + "/" + filename
-        try:
-            if not url.startswith(("https://", "http://")):
-                raise DataError("a mirror must be an http:// or https:// URL")
-            return _download(url, cache / filename, md5_table[filename], timeout)
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            errors.append(f"{url}: {type(e).__name__}: {e}")
-    raise DataError(_not_found_message(filename, name, [cache, *system_dirs], errors, env_var))
-
-
-def _not_found_message(filename, name, looked_in, errors, env_var) -> str:
-    places = "\n".join(f"  {d}" for d in looked_in)
-    tried = "\n".join(f"  {e}" for e in errors) or "  (no mirrors configured)"
-    files = ", ".join(IDX_FILES.values())
-    return (
-        f"cannot find or download {filename} of {name}.\nLooked in:\n{places}\n"
-        f"Tried:\n{tried}\nTo fix it, download the four files ({files}) by hand into one "
-        f"directory and pass path=DIR (--dataset-dir DIR in the examples), or put them in "
-        f"{looked_in[0]}, or set JAXSCRATCH_DATA=DIR to use DIR/{name}; {env_var} "
-        "(comma-separated URLs) overrides the mirrors."
-    )
-
-
 def _load_idx_dataset(name, path, *, normalize, flatten, one_hot, mirrors, cache_dir, timeout):
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds; got {timeout!r}")
     if path is not None and not Path(path).is_dir():
         raise DataError(f"path must be a directory holding the four {name} files; got {path}")
-    arrays = {field: _fetch(filename, name, path, cache_dir, mirrors, timeout)
+    arrays = {field: _idx._fetch(filename, name, path, cache_dir, mirrors, timeout, _source(name))
               for field, filename in IDX_FILES.items()}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
