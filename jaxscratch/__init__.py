@@ -8,7 +8,7 @@ as ``(init, update)`` pairs; their interface and wrappers in ``_transforms``), `
 (matplotlib) is imported only on demand; ``compile_cache`` (compiled programs on disk, enabled
 by the command line only) stands alone.
 """
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from jaxscratch import checkpoint, compile_cache, data, gradcheck, landscapes, losses, nn, optim, schedules, sweep, train
 
