@@ -140,16 +140,20 @@ def enable(path=None, *, min_compile_time_s: float = 0.1) -> Path | None:
     folder = Path(path) if path is not None else default_dir()
     if folder is None or jax.config.jax_compilation_cache_dir:
         return None
-    private = folder / _STAGING / f"{os.getpid()}-{secrets.token_hex(4)}"
+    private = folder / _STAGING / f"{os.getpid()}-{secrets.token_hex(4)}"  # else JAX creates it
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        return None  # a folder we cannot write: run without the cache, never fail for it
     try:
-        private.mkdir(parents=True)
         known = _tidy(folder)
+        if known:
+            private.mkdir(parents=True)
         for name, entry in known.items():
             try:
                 os.link(entry, private / name)  # no copy: the same file, which is never rewritten
             except OSError:
                 shutil.copyfile(entry, private / name)
-    except OSError:  # a folder we cannot write: run without the cache, never fail for it
+    except OSError:
         shutil.rmtree(private, ignore_errors=True)
         return None
     jax.config.update("jax_compilation_cache_dir", str(private))

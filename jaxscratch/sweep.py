@@ -210,7 +210,6 @@ def _pairs(spec: Spec, train_data, validation, test) -> tuple:
 CPU_GROUP_SIZE = 4
 
 
-
 def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validation=None, test=None,
                  group_size: int | None = None) -> Trials:
     """Train every trial ``epochs`` more epochs.
