@@ -397,7 +397,7 @@ def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_si
     hyper, eval_rate = jax.tree.map(put, hyper), put(hyper.drop_rate if use_dropout else np.float32(0))
 
     if state is None:
-        state = init_state(key, params, optimizer)  # eager: its small programs are cached by shape
+        state = init_state(key, params, optimizer)  # eager: optimizer zeros are filled on the host
     state = _copy(put(state) if mesh is not None else state)  # donated below: never invalidate the caller's arrays
     guarded = isinstance(state.opt_state, optim.ApplyIfFiniteState)
     history = {k: list(v) for k, v in (history or {}).items()}
