@@ -54,13 +54,18 @@ def _run_children(workload, impls, prep_path, repeats, log):
             works[impl].append(rep["work_s"])
             log(f"  [{workload}] {impl:20s} run {r + 1}/{repeats}: work {rep['work_s']:.2f}s "
                 f"(compile {s(rep['compile_s'])}s) process {rep['process_s']:.2f}s  rss {rep['maxrss_mib']:.0f} MiB")
-            rss = max(rep["maxrss_mib"], best[impl]["maxrss_mib"]) if impl in best else rep["maxrss_mib"]
-            if impl not in best or rep["work_s"] < best[impl]["work_s"]:
-                best[impl] = rep
-            best[impl]["maxrss_mib"] = rss
+            _keep_best(best, impl, rep, "work_s")
             if rep.get("cache_hits"):
                 log(f"  note: {impl} hit the persistent compilation cache {rep['cache_hits']} times")
     return {k: best[k] for k in impls if k in best}, works, failed
+
+
+def _keep_best(best: dict, name: str, rep: dict, time_key: str) -> None:
+    """Keep in ``best[name]`` the fastest run by ``time_key``, with the peak RSS of every run."""
+    rss = max(rep["maxrss_mib"], best[name]["maxrss_mib"]) if name in best else rep["maxrss_mib"]
+    if name not in best or rep[time_key] < best[name][time_key]:
+        best[name] = rep
+    best[name]["maxrss_mib"] = rss
 
 
 def _process_table(best, works, failed, extra_cols=None):
@@ -276,10 +281,7 @@ def train_process(ds, cfg, tmp, log) -> dict:
                 accs[name] = json.load(f)["test_accuracy"]
             log(f"  [train] {name:16s} run {r + 1}/{repeats}: {rep['wall_s']:.2f}s  rss {rep['maxrss_mib']:.0f} MiB  "
                 f"test acc {100 * accs[name]:.2f}%")
-            rss = max(rep["maxrss_mib"], best[name]["maxrss_mib"]) if name in best else rep["maxrss_mib"]
-            if name not in best or rep["wall_s"] < best[name]["wall_s"]:
-                best[name] = rep
-            best[name]["maxrss_mib"] = rss
+            _keep_best(best, name, rep, "wall_s")
     lines = [f"`python -m jaxscratch train --dataset fashion-mnist --epochs {E} --out DIR` (defaults: MLP 784-100-100-10, "
              f"Adam 1e-3, batch 100, 10% validation, evaluation of train/val/test after each epoch, a checkpoint each "
              f"epoch, best.npz, metrics.json, training.png) against benchmarks/optax_train_script.py doing the same work "
@@ -290,8 +292,8 @@ def train_process(ds, cfg, tmp, log) -> dict:
              f"the script (--jax-cache, two lines of config)."
              + (f" Quick mode: the first {cfg['e_subset'][0]} training and {cfg['e_subset'][1]} test images only."
                 if cfg["e_subset"] else ""), ""]
-    refs = {n: best.get("optax script" if n.startswith("jaxscratch train") and "cached" not in n else
-                        "optax script, JAX cache" if "cached" in n else n, {}).get("wall_s") for n in best}
+    peer = {"jaxscratch train": "optax script", "jaxscratch train, cached": "optax script, JAX cache"}
+    refs = {n: best.get(peer.get(n, n), {}).get("wall_s") for n in best}
     rows = [[n, f"{b['wall_s']:.2f}", " ".join(f"{w:.1f}" for w in walls[n]), f"{b['maxrss_mib']:.0f}",
              f"{100 * accs[n]:.2f}%", f"{b['wall_s'] / refs[n]:.2f}x" if refs[n] else "n/a"] for n, b in best.items()]
     lines += fmt_table(["process", "wall s (best)", "all runs s", "peak RSS MiB", "test acc",

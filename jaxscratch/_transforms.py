@@ -193,9 +193,9 @@ def inject_hyperparams(factory: Callable[..., Optimizer]) -> Callable[..., Optim
         schedules = {k: v for k, v in numeric.items() if callable(v)}
 
         def init(params):
-            zero = jnp.zeros([], jnp.int32)
-            hp = {k: jnp.asarray(_at(v, zero), jnp.result_type(float)) for k, v in numeric.items()}
-            return InjectState(_zeros_count(), hp, factory(**static, **hp).init(params))
+            count = _zeros_count()
+            hp = {k: jnp.asarray(_at(v, count), jnp.result_type(float)) for k, v in numeric.items()}
+            return InjectState(count, hp, factory(**static, **hp).init(params))
 
         # The update reads the numbers from the state, so it depends only on the factory, the
         # static arguments, the names and the schedules: equal ones share one function, and

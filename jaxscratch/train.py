@@ -275,7 +275,7 @@ def _layout(sets: dict, chunk: int, n_out: int) -> tuple[tuple, dict]:
     for name, (xe, ye) in sets.items():
         rows = slice(where[name].start * chunk, where[name].start * chunk + len(xe))
         xs[rows], mask[rows] = xe, True
-        ys[rows] = np.eye(n_out, dtype=x_dtype)[ye] if one_hot and ye.ndim == 1 else ye
+        ys[rows] = data.one_hot(ye, n_out) if one_hot and ye.ndim == 1 else ye
     return tuple(a.reshape((k, chunk) + a.shape[1:]) for a in (xs, ys, mask)), where
 
 
