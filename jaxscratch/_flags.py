@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import __version__, nn, optim, schedules, train
+from jaxscratch import __version__, losses, nn, optim, schedules, train
 
 # Flags added after runs were first stored: a stored configuration without them means these.
-ADDED_LATER = {"devices": 1, "precision": "float32", "skip_nonfinite": None}
+ADDED_LATER = {"devices": 1, "precision": "float32", "skip_nonfinite": None, "model": None, "loss": "cross_entropy"}
 # Defaults of `jaxscratch train`: with nothing else, digits in seconds, >= 95% test accuracy.
 DEFAULTS = {
     "dataset": "digits", "dataset_dir": None, "hidden": "100,100", "activation": "relu",
@@ -42,6 +42,8 @@ DEFAULTS = {
 OPT_FLAGS = ["momentum", "b1", "b2", "eps", "decay", "rho", "initial_accumulator_value", "eps_in_sqrt",
              "fold_bias_correction"]
 DECOUPLED_DECAY = ("adamw", "lion", "adadelta")  # --weight-decay is the optimizer's own decay
+MLP_FLAGS = ("hidden", "activation", "weight_init", "batchnorm", "dropout", "dropout_mode")  # not with --model
+LOSSES = ("cross_entropy", "mse")
 SCHEDULES = ("constant", "exponential", "cosine", "warmup-cosine")
 SCHEDULE_FLAGS = {"warmup_epochs": "warmup-cosine", "decay_epochs": "exponential", "decay_factor": "exponential"}
 DATASETS = ("digits", "mnist", "fashion-mnist")
@@ -166,6 +168,14 @@ def _weight_init(text) -> str:
     return text
 
 
+def _model_spec(text) -> str:
+    """``FILE.py:FUNCTION`` (the file is found and read by ``cli``)."""
+    path, sep, func = text.rpartition(":") if isinstance(text, str) else ("", "", "")
+    if not (sep and path.endswith(".py") and func.isidentifier()):
+        raise _bad("FILE.py:FUNCTION, e.g. models.py:make_model", text)
+    return text
+
+
 def _devices(text):
     """``all``, or how many devices split each batch: an int >= 1."""
     if text == "all":
@@ -195,6 +205,7 @@ TRAIN_TYPES = {
     "dropout": _ranged(_float, 0, 1, hi_open=True), "dropout_mode": _choice(*nn.DROPOUT_MODES),
     "weight_decay": _ranged(_float, 0), "sampling": _choice(*train.SAMPLINGS), "seed": _ranged(_int, 0, SEED_MAX),
     "devices": _devices, "precision": _choice(*PRECISIONS), "skip_nonfinite": _ranged(_int, 0),
+    "model": _model_spec, "loss": _choice(*LOSSES),
     # The optimizer's own hyperparameters: finite numbers here; each optimizer checks its ranges.
     **{k: _float for k in OPT_FLAGS if k not in ("eps_in_sqrt", "fold_bias_correction")},
     "eps_in_sqrt": _bool, "fold_bias_correction": _bool,
@@ -215,6 +226,11 @@ def train_config(args) -> dict:
     for k, schedule in SCHEDULE_FLAGS.items():
         if k in given and cfg["schedule"] != schedule:
             raise UsageError(f"{_flag(k)} applies only to --schedule {schedule}; got --schedule {cfg['schedule']}")
+    if cfg["model"] is not None:
+        for k in MLP_FLAGS:
+            if k in given:
+                raise UsageError(f"{_flag(k)} applies only to the built-in MLP; with --model the model file "
+                                 f"defines the network")
     return cfg
 
 
@@ -234,7 +250,7 @@ def stored_config(meta: dict, path, *, resumable=False) -> dict:
                 TRAIN_TYPES[k](value)
         except argparse.ArgumentTypeError as err:
             raise UsageError(f"{path} holds an invalid configuration: {_flag(k)}: {err}") from None
-    if _widths(cfg["hidden"]) != tuple(sizes[1:-1]):
+    if cfg.get("model") is None and _widths(cfg["hidden"]) != tuple(sizes[1:-1]):
         raise UsageError(f"{path} holds an invalid configuration: --hidden {cfg['hidden']} but layer sizes {sizes}")
     return {**ADDED_LATER, **cfg}
 
@@ -258,7 +274,7 @@ def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
     if cfg["optimizer"] in DECOUPLED_DECAY:
         kwargs["weight_decay"] = cfg["weight_decay"]
         if cfg["optimizer"] != "adadelta" or cfg["weight_decay"]:
-            kwargs["mask"] = nn.weights_mask  # decay weights only, never biases, gamma or beta
+            kwargs["mask"] = _weights  # decay weights only, never biases, gamma or beta
     try:
         optimizer = factory(learning_rate=lr, **kwargs)
     except (TypeError, ValueError) as err:  # "b1 must be in [0, 1); got 1.5": name the flag instead
@@ -269,6 +285,11 @@ def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
     if cfg.get("skip_nonfinite") is not None:
         optimizer = optim.apply_if_finite(optimizer, max_consecutive_errors=cfg["skip_nonfinite"])
     return optimizer
+
+
+def _weights(params):
+    """The weight-decay mask of every model: :func:`losses.is_weight` on each leaf."""
+    return jax.tree.map(losses.is_weight, params)
 
 
 def data_parallel(cfg) -> tuple[int, jax.sharding.Mesh | None]:
@@ -303,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jaxscratch", description="Train and study MLPs the Deep Learning from Scratch way, in JAX.")
     p.add_argument("--version", action="version", version=f"jaxscratch {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train an MLP and write a run directory")
+    t = sub.add_parser("train", help="train an MLP (or your own model) and write a run directory")
 
     def add(flag, help_, default=None, **kwargs):
         dest = flag.lstrip("-").replace("-", "_")
@@ -339,7 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
         "stay float32)", metavar="DTYPE")
     add("--skip-nonfinite", "skip updates whose gradients hold NaN or Inf; stop after more than N in a row",
         "off", metavar="N")
+    add("--model", "FILE.py:FUNCTION: train the nn.Model that FUNCTION(input_shape, outputs) returns instead of "
+        "the MLP", "the MLP", metavar="FILE.py:FUNCTION")
+    add("--loss", "cross_entropy (labels) or mse (regression: an .npz with numeric targets)")
     t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
+    t.add_argument("--debug", action="store_true", help="show the traceback of an error in a --model file")
     t.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
@@ -348,11 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--last", action="store_true", help="the last epoch's state instead of the best-validation one")
     e.add_argument("--dataset-dir", default=None, help="directory holding the dataset's IDX files")
     e.add_argument("--json", default=None, help="also write the report to this JSON file")
+    e.add_argument("--debug", action="store_true", help="show the traceback of an error in the run's model file")
 
     pr = sub.add_parser("predict", help="predict labels for inputs in a .npy or .npz (array 'x')")
     pr.add_argument("run", help="run directory")
     pr.add_argument("input", help=".npy, or .npz holding 'x'")
     pr.add_argument("--output", default=None, help=".npy file for the labels (default: print them)")
+    pr.add_argument("--debug", action="store_true", help="show the traceback of an error in the run's model file")
 
     c = sub.add_parser("compare", help="the book's optimizer comparison: same batches, same initial weights")
     c.add_argument("--dataset", type=_dataset, default="digits", help="digits, mnist, fashion-mnist or PATH.npz (default: digits)")

@@ -8,7 +8,8 @@ Contract:
   * ``restore(path, like) -> tree`` rebuilds the saved tree with the structure of the template
     ``like``, whose leaves may be arrays, ``jax.ShapeDtypeStruct`` or Python numbers. Every leaf
     comes back as a JAX array (on the default device) bit-identical to the saved one; typed keys
-    come back as typed keys of the same implementation. Paths, shapes and dtypes must agree
+    come back as typed keys of the same implementation. Fields renamed since a checkpoint was written
+    (0.4's ``bn_state``, now ``model_state``) are matched under their new names. Paths, shapes and dtypes must agree
     exactly, leaf for leaf; otherwise :class:`CheckpointError` names the first differing path or
     every mismatched leaf, e.g. ``leaf [0]['w']: checkpoint has float32 (64, 50), the model
     expects float32 (64, 100)``.
@@ -313,10 +314,23 @@ def _read_manifest(zf: zipfile.ZipFile, path: str) -> dict:
     return manifest
 
 
+# Renamed fields, old path fragment -> new: jaxscratch 0.4's TrainState called its model state
+# ``bn_state``; checkpoints that it wrote restore into today's ``model_state``.
+_RENAMED = ((".bn_state", ".model_state"),)
+
+
+def _current_path(path: str) -> str:
+    for old, new in _RENAMED:
+        path = path.replace(old + "[", new + "[").replace(old + ".", new + ".")
+        if path.endswith(old):
+            path = path[: -len(old)] + new
+    return path
+
+
 def _check_fit(path: str, entries: list[dict], expected: list[tuple[str, tuple, str]]) -> None:
     """Raise unless the checkpoint's leaves have the template's paths, shapes and dtypes."""
     hint = "was it saved with another configuration? load_metadata(path) returns the saved one"
-    found, wanted = [e["path"] for e in entries], [p for p, _, _ in expected]
+    found, wanted = [_current_path(e["path"]) for e in entries], [p for p, _, _ in expected]
     if found != wanted:
         i = next((i for i, (f, w) in enumerate(zip(found, wanted)) if f != w), min(len(found), len(wanted)))
         f = _show(found[i]) if i < len(found) else "no more leaves"

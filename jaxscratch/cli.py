@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import argparse  # noqa: F401: the flag types raise argparse.ArgumentTypeError (tests reach it as cli.argparse)
 import contextlib
+import functools
+import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -37,7 +40,9 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 import zipfile
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,15 +64,24 @@ def _run_meta(path, *, resumable=False) -> dict:
 
 
 def load_data(cfg):
-    """``(Dataset, (x_train, y_train), (x_val, y_val))`` with the configured validation split."""
+    """``(Dataset, (x_train, y_train), (x_val, y_val))`` with the configured validation split.
+
+    The MLP gets flattened images; a ``--model`` gets them in their stored shape (``(1, 28, 28)``
+    for MNIST, the ``.npz``'s own). ``--loss mse`` reads an ``.npz``'s targets as numbers."""
     name, directory = cfg["dataset"], cfg.get("dataset_dir")
     if directory and name not in ("mnist", "fashion-mnist"):
         raise UsageError(f"--dataset-dir applies only to --dataset mnist or fashion-mnist; got --dataset {name}")
     if directory and not os.path.isdir(directory):
         raise UsageError(f"--dataset-dir {directory}: expected a folder holding the four {name} IDX files; no such folder")
+    regression = cfg.get("loss") == "mse"
+    if regression and not name.endswith(".npz"):
+        raise UsageError(f"--loss mse needs regression data: an .npz whose y_train and y_test hold numbers; "
+                         f"--dataset {name} holds class labels (use --loss cross_entropy)")
+    flatten = cfg.get("model") is None
     try:
-        ds = data.load_npz(name) if name.endswith(".npz") else data.load_dataset(name, **(
-            {"path": directory} if directory else {}))
+        ds = data.load_npz(name, flatten=flatten, targets="values" if regression else "labels") \
+            if name.endswith(".npz") else data.load_dataset(name, flatten=flatten, **(
+                {"path": directory} if directory else {}))
     except (data.DataError, OSError) as err:
         raise UsageError(str(err)) from None
     n, fraction = len(ds.x_train), cfg["validation_fraction"]
@@ -78,13 +92,82 @@ def load_data(cfg):
 
 
 def _sizes(cfg, ds) -> list[int]:
-    return [int(np.prod(ds.x_train.shape[1:])), *_widths(cfg["hidden"]), int(ds.num_classes)]
+    """The MLP's layer sizes; for a ``--model`` run, ``[features, outputs]``. Outputs: the classes,
+    or the regression targets' columns."""
+    hidden = () if cfg.get("model") else _widths(cfg["hidden"])
+    return [int(np.prod(ds.x_train.shape[1:])), *hidden, int(ds.num_classes)]
 
 
-def _template(cfg, sizes, optimizer):
-    params = nn.init_mlp(jax.random.key(cfg["seed"]), sizes, weight_init=_init_scale(cfg["weight_init"]),
-                         batchnorm=cfg["batchnorm"])
-    return params, train.init_state(jax.random.key(cfg["seed"]), params, optimizer)
+def _model(cfg, sizes, input_shape, *, sha256=None, debug=False) -> tuple[nn.Model, str | None]:
+    """The run's model and, for a ``--model`` file, its SHA-256 (checked against ``sha256`` if given)."""
+    if cfg.get("model") is None:
+        return nn.mlp_model(sizes, activation=cfg["activation"], weight_init=_init_scale(cfg["weight_init"]),
+                            batchnorm=cfg["batchnorm"], drop_rate=cfg["dropout"], dropout_mode=cfg["dropout_mode"]), None
+    return _user_model(cfg["model"], tuple(input_shape), sizes[-1], sha256=sha256, debug=debug)
+
+
+def _template(cfg, model, optimizer):
+    key = jax.random.key(cfg["seed"])
+    params, model_state = model.init(key)
+    return train.init_state(key, params, optimizer, model_state)
+
+
+# ----------------------------------------------------------------- a user's model file
+def _absolute_model(spec: str) -> str:
+    """``FILE.py:FUNCTION`` with the file's absolute path (a run must find it from anywhere)."""
+    path, _, func = spec.rpartition(":")
+    return f"{os.path.abspath(path)}:{func}"
+
+
+def _user_model(spec: str, input_shape: tuple, outputs: int, *, sha256=None, debug=False):
+    """Import ``FILE.py``, call ``FUNCTION(input_shape, outputs)``; an error in the file is one
+    line naming it and the line (its own traceback with ``--debug``)."""
+    path, _, func = spec.rpartition(":")
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError as err:
+        raise UsageError(f"cannot read the model file {path}: {err.strerror or err}") from None
+    digest = hashlib.sha256(source).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise UsageError(f"the model file {path} changed since the run was trained (SHA-256 {sha256[:12]}..., now "
+                         f"{digest[:12]}...); restore that version of the file or train a new run")
+    name = f"_jaxscratch_model_{digest[:16]}"
+    try:
+        module = sys.modules.get(name)
+        if module is None:
+            spec_ = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[name] = module  # dataclasses (flax modules) look their module up while the file runs
+            try:
+                spec_.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        if not callable(getattr(module, func, None)):
+            found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                           and getattr(v, "__module__", None) == name)
+            raise UsageError(f"the model file {path} has no function {func!r}; it defines {', '.join(found) or 'none'}")
+        model = getattr(module, func)(input_shape, outputs)
+    except UsageError:
+        raise
+    except Exception as err:  # anything the user's code raises, SyntaxError included
+        if debug:
+            traceback.print_exception(err, file=sys.stderr)
+        raise UsageError(_user_error(path, func, err, debug)) from None
+    if not isinstance(model, nn.Model):
+        raise UsageError(f"{func}() in the model file {path} must return an nn.Model (nn.mlp_model, nn.from_flax, "
+                         f"nn.from_equinox or nn.Model(init, apply)); it returned {type(model).__name__}")
+    return model, digest
+
+
+def _user_error(path, func, err, debug) -> str:
+    line = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else next(
+        (f.lineno for f in reversed(traceback.extract_tb(err.__traceback__)) if f.filename == path), None)
+    where = f" at line {line}" if line else ""
+    text = str(err).splitlines()[0] if str(err) else ""
+    hint = "" if debug else "; pass --debug for its traceback"
+    return f"the model file {path} failed{where} (building {func}): {type(err).__name__}: {text}{hint}"
 
 
 # ----------------------------------------------------------------- files
@@ -161,6 +244,8 @@ def cmd_train(args) -> int:
     ckpt = os.path.join(out, CHECKPOINT)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: expected a folder; found a file")
+    if args.model is not None:
+        args.model = _absolute_model(args.model)  # stored, and compared on --resume, as an absolute path
     if args.resume:
         if not os.path.exists(ckpt):
             raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
@@ -187,12 +272,14 @@ def cmd_train(args) -> int:
         raise UsageError(f"--batch-size {cfg['batch_size']} exceeds the {len(xt)} training examples")
     optimizer = build_optimizer(cfg, steps_per_epoch)
     sizes = _sizes(cfg, ds)
-    params, template = _template(cfg, sizes, optimizer)
+    if args.resume and sizes != meta["sizes"]:
+        raise UsageError(f"--resume: the run's model has layer sizes {meta['sizes']} but {cfg['dataset']} now "
+                         f"gives {sizes}; the dataset changed since the run began")
+    model, sha = _model(cfg, sizes, ds.x_train.shape[1:], sha256=meta.get("model_sha256") if args.resume else None,
+                        debug=args.debug)
     state = best = history = None
     if args.resume:
-        if sizes != meta["sizes"]:
-            raise UsageError(f"--resume: the run's model has layer sizes {meta['sizes']} but {cfg['dataset']} now "
-                             f"gives {sizes}; the dataset changed since the run began")
+        template = _template(cfg, model, optimizer)
         try:
             restored = checkpoint.restore(ckpt, like={"state": template, "best": template})
         except (checkpoint.CheckpointError, OSError) as err:
@@ -201,7 +288,8 @@ def cmd_train(args) -> int:
         history = meta["history"]
     created = _make_dirs(out)  # every input is checked: now the run may write
     try:
-        return _train(args, cfg, ds, sizes, optimizer, params, (xt, yt), (xv, yv), state, best, history, mesh)
+        run = {"config": cfg, "sizes": sizes, "input_shape": list(ds.x_train.shape[1:]), "model_sha256": sha}
+        return _train(args, run, ds, model, optimizer, (xt, yt), (xv, yv), state, best, history, mesh)
     except BaseException:
         for folder in reversed(created):  # stopped before the first checkpoint: leave no empty --out
             with contextlib.suppress(OSError):
@@ -209,36 +297,45 @@ def cmd_train(args) -> int:
         raise
 
 
-def _train(args, cfg, ds, sizes, optimizer, params, train_set, val_set, state, best, history, mesh) -> int:
+def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, history, mesh) -> int:
     out, ckpt = args.out, os.path.join(args.out, CHECKPOINT)
+    cfg = run["config"]
     decoupled = cfg["optimizer"] in DECOUPLED_DECAY
     start = time.perf_counter()
 
     def save(epoch, result):
-        meta = {"config": cfg, "sizes": sizes, "history": _history_json(result.history), "version": __version__}
+        meta = {**run, "history": _history_json(result.history), "version": __version__}
         try:
             checkpoint.save(ckpt, {"state": result.state, "best": result.best}, metadata=meta)
         except OSError as err:
             raise UsageError(f"cannot write the checkpoint {ckpt}: {err.strerror or err}") from None
 
-    result = train.fit(
-        jax.random.key(cfg["seed"]), params, optimizer, train_set, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-        validation=val_set, test=(ds.x_test, ds.y_test), activation=cfg["activation"],
-        weight_decay=0.0 if decoupled else cfg["weight_decay"], drop_rate=cfg["dropout"],
-        dropout_mode=cfg["dropout_mode"], sampling=cfg["sampling"], state=state, best=best, history=history,
-        verbose=not args.quiet, on_epoch=save, mesh=mesh, compute_dtype=PRECISIONS[cfg["precision"]])
+    try:
+        result = train.fit(
+            jax.random.key(cfg["seed"]), model, optimizer, train_set, epochs=cfg["epochs"],
+            batch_size=cfg["batch_size"], loss=cfg["loss"], validation=val_set, test=(ds.x_test, ds.y_test),
+            weight_decay=0.0 if decoupled else cfg["weight_decay"], sampling=cfg["sampling"], state=state, best=best,
+            history=history, verbose=not args.quiet, on_epoch=save, mesh=mesh,
+            compute_dtype=PRECISIONS[cfg["precision"]])
+    except (ValueError, TypeError) as err:
+        if cfg.get("model") is None or isinstance(err, checkpoint.CheckpointError):
+            raise
+        raise UsageError(f"the model from {cfg['model']} cannot train on {ds.name}: {_one_line(str(err))}") from err
     wall = time.perf_counter() - start
     save(None, result)
     try:
-        checkpoint.save(os.path.join(out, BEST), {"state": result.best, "best": result.best},
-                        metadata={"config": cfg, "sizes": sizes})
+        checkpoint.save(os.path.join(out, BEST), {"state": result.best, "best": result.best}, metadata=run)
     except OSError as err:
         raise UsageError(f"cannot write {os.path.join(out, BEST)}: {err.strerror or err}") from None
     h = result.history
     steps = int(result.state.step)
+    last = lambda k: float(h[k][-1]) if k in h else None
     metrics = {
-        "test_accuracy": float(h["test_acc"][-1]), "val_accuracy": float(h["val_acc"][-1]) if "val_acc" in h else None,
-        "train_accuracy": float(h["train_acc"][-1]), "best_val_accuracy": float(np.max(h["val_acc"])) if "val_acc" in h else None,
+        "test_accuracy": last("test_acc"), "val_accuracy": last("val_acc"), "train_accuracy": last("train_acc"),
+        "best_val_accuracy": float(np.max(h["val_acc"])) if "val_acc" in h else None,
+        "test_loss": last("test_eval_loss"), "val_loss": last("val_eval_loss"), "train_loss": last("train_eval_loss"),
+        **({"test_rmse": last("test_rmse"), "val_rmse": last("val_rmse"), "train_rmse": last("train_rmse")}
+           if "train_rmse" in h else {}),
         "epochs_run": len(h["epoch"]), "steps": steps, "wall_time_s": wall,
         "steps_per_second": (len(h["step_loss"]) - (len(history["step_loss"]) if history else 0)) / max(wall, 1e-9),
         "dataset": ds.name, "config": cfg, "history": _history_json(h), "jax_version": jax.__version__,
@@ -247,9 +344,13 @@ def _train(args, cfg, ds, sizes, optimizer, params, train_set, val_set, state, b
     if "skipped_steps" in h:  # --skip-nonfinite: per epoch in the history, the run's total here
         metrics["skipped_steps"] = int(np.sum(h["skipped_steps"]))
     _write_json(os.path.join(out, METRICS), metrics)
-    figure = _maybe_figure(h, os.path.join(out, FIGURE), f"{ds.name}: {cfg['optimizer']}, hidden {cfg['hidden']}")
+    network = f"model {os.path.basename(cfg['model'])}" if cfg.get("model") else f"hidden {cfg['hidden']}"
+    figure = _maybe_figure(h, os.path.join(out, FIGURE), f"{ds.name}: {cfg['optimizer']}, {network}")
     if not args.quiet:
-        print(f"test accuracy {100 * metrics['test_accuracy']:.2f}%  ({steps} steps, {wall:.1f}s, "
+        result_text = (f"test accuracy {100 * metrics['test_accuracy']:.2f}%" if metrics["test_accuracy"] is not None
+                       else f"test rmse {metrics['test_rmse']:.4g}" if "test_rmse" in metrics
+                       else f"test loss {metrics['test_loss']:.4f}")
+        print(f"{result_text}  ({steps} steps, {wall:.1f}s, "
               f"{metrics['steps_per_second']:.0f} steps/s{_skipped(metrics)})  -> {out}" + (f", {FIGURE}" if figure else ""))
     return 0
 
@@ -277,36 +378,53 @@ def _first_problem(text: str) -> str:
     return text if count < 2 else f"{lines[0]} {lines[1].strip()}; and {count - 1} more leaves like it"
 
 
-def _load_run(run_dir, which=BEST):
-    """``(config, sizes, TrainState)`` of a finished run's best (or last) checkpoint."""
+class _LoadedRun(NamedTuple):
+    cfg: dict
+    sizes: list
+    input_shape: tuple
+    model: nn.Model
+    state: train.TrainState
+
+
+def _load_run(run_dir, which=BEST, *, debug=False) -> _LoadedRun:
+    """A finished run's configuration, model and best (or last) state; a ``--model`` file is
+    imported again from its stored absolute path, refused if its content changed."""
     path = os.path.join(run_dir, which)
     if not os.path.isfile(path):
         raise UsageError(f"{run_dir} holds no finished run ({which} missing); train one with: jaxscratch train --out {run_dir}")
     meta = _run_meta(path)
     cfg, sizes = meta["config"], meta["sizes"]
-    _, template = _template(cfg, sizes, build_optimizer(cfg, 1))
+    input_shape = tuple(meta.get("input_shape") or sizes[:1])  # 0.4 runs: the MLP's flat inputs
+    model, _ = _model(cfg, sizes, input_shape, sha256=meta.get("model_sha256"), debug=debug)
+    template = _template(cfg, model, build_optimizer(cfg, 1))
     try:
         state = checkpoint.restore(path, like={"state": template, "best": template})["state"]
     except (checkpoint.CheckpointError, OSError) as err:
         raise UsageError(_first_problem(str(err))) from None
-    return cfg, sizes, state
+    return _LoadedRun(cfg, sizes, input_shape, model, state)
 
 
 def cmd_evaluate(args) -> int:
     if args.json:
         _check_target(args.json, "--json")
-    cfg, sizes, state = _load_run(args.run, CHECKPOINT if args.last else BEST)
+    run = _load_run(args.run, CHECKPOINT if args.last else BEST, debug=args.debug)
+    cfg, sizes, state = run.cfg, run.sizes, run.state
     ds, (xt, yt), (xv, yv) = load_data(dict(cfg, dataset_dir=args.dataset_dir or cfg.get("dataset_dir")))
+    what = "target columns" if cfg["loss"] == "mse" else "classes"
     if _sizes(cfg, ds)[0] != sizes[0] or ds.num_classes > sizes[-1]:
-        raise UsageError(f"{cfg['dataset']} now gives {_sizes(cfg, ds)[0]} features and {ds.num_classes} classes; the "
-                         f"run's model takes {sizes[0]} features and {sizes[-1]} classes (the dataset changed since training)")
+        raise UsageError(f"{cfg['dataset']} now gives {_sizes(cfg, ds)[0]} features and {ds.num_classes} {what}; the "
+                         f"run's model takes {sizes[0]} features and {sizes[-1]} {what} (the dataset changed since training)")
     report = {}
     for name, (x, y) in (("train", (xt, yt)), ("val", (xv, yv)), ("test", (ds.x_test, ds.y_test))):
         if len(x):
-            loss, acc = train.evaluate(state.params, state.bn_state, jnp.asarray(x), jnp.asarray(y),
-                                       activation=cfg["activation"], drop_rate=cfg["dropout"], dropout_mode=cfg["dropout_mode"])
-            report[name] = {"loss": float(loss), "accuracy": float(acc), "examples": len(x)}
-            print(f"{name:5s}  loss {float(loss):.4f}  accuracy {100 * float(acc):.2f}%  ({len(x)} examples)")
+            metrics = {k: float(v) for k, v in train.evaluate(run.model, state.params, state.model_state, x, y,
+                                                              loss=cfg["loss"]).items()}
+            named = {"loss": metrics["loss"], **({"accuracy": metrics["acc"]} if "acc" in metrics else {}),
+                     **({"rmse": metrics["rmse"]} if "rmse" in metrics else {})}
+            report[name] = {**named, "examples": len(x)}
+            second = (f"  accuracy {100 * named['accuracy']:.2f}%" if "accuracy" in named
+                      else f"  rmse {named['rmse']:.4g}" if "rmse" in named else "")
+            print(f"{name:5s}  loss {named['loss']:.4f}{second}  ({len(x)} examples)")
     if args.json:
         _write_json(args.json, report, "--json")
     return 0
@@ -342,17 +460,23 @@ def _read_inputs(path, features: int) -> np.ndarray:
 def cmd_predict(args) -> int:
     if args.output:
         _check_target(args.output, "--output")
-    cfg, sizes, state = _load_run(args.run)
-    x = _read_inputs(args.input, sizes[0])
-    x = np.asarray(x, np.float32).reshape(len(x), -1)
-    logits, _ = nn.apply(state.params, jnp.asarray(x), state=state.bn_state, activation=cfg["activation"],
-                         drop_rate=cfg["dropout"], dropout_mode=cfg["dropout_mode"])
-    labels = np.asarray(jnp.argmax(logits, axis=-1))
-    if args.output:
-        _write_file(args.output, lambda f: np.save(f, labels), "--output")
-        print(f"saved {len(labels)} predicted labels to {args.output}")
+    run = _load_run(args.run, debug=args.debug)
+    x = _read_inputs(args.input, run.sizes[0])
+    x = np.asarray(x, np.float32).reshape((len(x), *run.input_shape))
+    outputs, _ = jax.jit(functools.partial(run.model.apply, train=False))(run.state.params, run.state.model_state,
+                                                                        jnp.asarray(x))
+    if run.cfg["loss"] == "mse":  # regression: the predicted values, (n,) for one target column
+        values, what = np.asarray(outputs).reshape(len(x), -1), "predicted values"
+        values = values[:, 0] if values.shape[1] == 1 else values
+        text = "\n".join(" ".join(f"{v:.6g}" for v in np.atleast_1d(row)) for row in values)
     else:
-        print(" ".join(map(str, labels.tolist())))
+        values, what = np.asarray(jnp.argmax(outputs, axis=-1)), "predicted labels"
+        text = " ".join(map(str, values.tolist()))
+    if args.output:
+        _write_file(args.output, lambda f: np.save(f, values), "--output")
+        print(f"saved {len(values)} {what} to {args.output}")
+    else:
+        print(text)
     return 0
 
 
@@ -367,15 +491,16 @@ def cmd_compare(args) -> int:
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {len(xt)} training examples")
     key = jax.random.key(args.seed)
     sizes = (xt.shape[1], *_widths(args.hidden), ds.num_classes)
-    params = nn.init_mlp(key, sizes, weight_init="he")  # the same initial weights for everyone
+    model = nn.mlp_model(sizes, weight_init="he")
+    params, model_state = model.init(key)  # the same initial weights for everyone
     xe, ye = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
     curves, rows = {}, []
     for name in names:  # one at a time for the timings; the same key gives every one the same batches
         start = time.perf_counter()
         (state, step_losses), = sweep.compare_optimizers(
             jax.random.fold_in(key, 1), {name: optim.OPTIMIZERS[name]()}, params, xt, yt,  # the book's defaults
-            iterations=iterations, batch_size=args.batch_size).values()
-        _, acc = train.evaluate(state.params, state.bn_state, xe, ye)
+            iterations=iterations, batch_size=args.batch_size, model=model, model_state=model_state).values()
+        acc = train.evaluate(model, state.params, state.model_state, xe, ye)["acc"]
         curves[name] = step_losses
         rows.append((name, float(np.mean(step_losses[-100:])), float(acc), time.perf_counter() - start))
     print(f"{'optimizer':10s} {'final loss':>10s} {'test acc':>9s} {'time':>7s}   ({iterations} iterations, batch {args.batch_size})")

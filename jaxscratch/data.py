@@ -255,6 +255,18 @@ def _npz_labels(y, key, path) -> tuple[np.ndarray, int]:
     return y, int(y.max()) + 1 if y.size else 0
 
 
+def _npz_values(y, key, path) -> tuple[np.ndarray, int]:
+    """Regression targets as float32 ``(n,)`` or ``(n, k)``, finite; and their number of columns."""
+    if y.ndim not in (1, 2) or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise DataError(f"{path}: {key} must be numeric targets (n,) or (n, k) for regression; found {y.dtype} {y.shape}")
+    with np.errstate(over="ignore"):
+        y = y.astype(np.float32)
+    if not np.isfinite(y).all():
+        raise DataError(f"{path}: {key} must hold finite numbers (within float32's range); found NaN or Inf at "
+                        f"index {int(np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))[0])}")
+    return y, 1 if y.ndim == 1 else y.shape[1]
+
+
 def _read_npz(path) -> dict[str, np.ndarray]:
     """The four arrays of a user's .npz, loaded without pickle."""
     keys = ("x_train", "y_train", "x_test", "y_test")
@@ -306,8 +318,11 @@ def _npz_images(x, key, path, *, normalize, flatten) -> np.ndarray:
     return flat if flatten else x
 
 
-def load_npz(path, *, normalize=True, flatten=True, one_hot=False) -> Dataset:
+def load_npz(path, *, normalize=True, flatten=True, one_hot=False, targets="labels") -> Dataset:
     """A data set of your own: an ``.npz`` holding ``x_train, y_train, x_test, y_test``.
+
+    ``targets="values"`` reads regression targets instead of labels: numbers ``(n,)`` or ``(n, k)``
+    as float32 (finite), and ``num_classes`` is then the number of target columns (1 for ``(n,)``).
 
     Images (at least 2-D) become float32. Integer images must hold 0..255 and are divided
     by 255 when ``normalize`` (pass False for other ranges: they are only cast); float
@@ -322,17 +337,24 @@ def load_npz(path, *, normalize=True, flatten=True, one_hot=False) -> Dataset:
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"{path}: x_train and x_test samples differ in shape: "
                         f"{arrays['x_train'].shape[1:]} vs {arrays['x_test'].shape[1:]}")
+    if targets not in ("labels", "values"):
+        raise ValueError(f"targets must be 'labels' or 'values'; got {targets!r}")
+    read_targets = _npz_labels if targets == "labels" else _npz_values
     out, classes = {}, []
     for split in ("train", "test"):
         x = _npz_images(arrays[f"x_{split}"], f"x_{split}", path, normalize=normalize, flatten=flatten)
-        y, c = _npz_labels(arrays[f"y_{split}"], f"y_{split}", path)
+        y, c = read_targets(arrays[f"y_{split}"], f"y_{split}", path)
         if len(x) != len(y):
             raise DataError(f"{path}: x_{split} holds {len(x)} samples but y_{split} {len(y)}")
         if split == "train" and not len(x):
             raise DataError(f"{path}: x_train holds no samples; expected at least one")
         out[split], classes = (x, y), classes + [c]
-    num_classes = max(classes)
     (x_train, y_train), (x_test, y_test) = out["train"], out["test"]
+    if targets == "values":
+        if y_train.shape[1:] != y_test.shape[1:]:
+            raise DataError(f"{path}: y_train and y_test rows differ in shape: {y_train.shape[1:]} vs {y_test.shape[1:]}")
+        return Dataset(x_train, y_train, x_test, y_test, Path(path).stem, classes[0])
+    num_classes = max(classes)
     return Dataset(x_train, _labels(y_train, num_classes, one_hot), x_test,
                    _labels(y_test, num_classes, one_hot), Path(path).stem, num_classes)
 
@@ -381,17 +403,20 @@ def train_val_split(x, y, validation_fraction, *, seed=0):
 
 
 def kfold_indices(n: int, k: int, *, seed=0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``k`` (train_idx, val_idx) pairs of sorted indices; each sample is validated exactly once.
+    """``k`` (train_idx, val_idx) pairs of sorted indices, of equal sizes (so folds can be vmapped).
 
-    Folds come from a permutation seeded by ``seed`` and differ in size by at most one.
+    A permutation seeded by ``seed`` is cut into ``k`` validation folds of ``n // k`` samples; the
+    ``n % k`` samples left over are in every fold's training set: trained on, never validated.
+    Every other sample is validated exactly once, and no fold trains on its validation samples.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2; got {n!r}")
     if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n:
         raise ValueError(f"k must be an int in [2, n={n}]; got {k!r}")
-    folds = np.array_split(np.random.default_rng(seed).permutation(n), k)
-    return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), np.sort(fold))
-            for i, fold in enumerate(folds)]
+    perm = np.random.default_rng(seed).permutation(n)
+    folds, rest = perm[: n - n % k].reshape(k, -1), perm[n - n % k:]  # (k, n // k), (n % k,)
+    return [(np.sort(np.concatenate([*(folds[j] for j in range(k) if j != i), rest])), np.sort(folds[i]))
+            for i in range(k)]
 
 
 @functools.partial(jax.jit, static_argnames=("n", "batch_size", "replace"))

@@ -29,15 +29,33 @@ Nothing here knows about training: no optimizer, no loss; state goes in and come
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ACTIVATIONS", "DROPOUT_MODES", "apply", "batch_norm", "dropout", "init_bn_state",
-           "init_mlp", "mlp", "weight_scale", "weights_mask"]
+__all__ = ["ACTIVATIONS", "DROPOUT_MODES", "Model", "apply", "batch_norm", "dropout", "init_bn_state",
+           "init_mlp", "mlp", "mlp_model", "weight_scale", "weights_mask"]
 
 DROPOUT_MODES = ("inverted", "textbook")
+
+
+class Model(NamedTuple):
+    """A model as two pure functions, the twin of ``optim.Optimizer(init, update)``.
+
+    * ``init(key) -> (params, state)``: ``params`` are trained; ``state`` is a pytree of the
+      variables that change without being trained (batch-norm running statistics), an empty
+      pytree (``()``, ``{}``, a list of ``None``) when there are none.
+    * ``apply(params, state, x, *, train, key=None) -> (outputs, new_state)``: ``x`` is a batch
+      ``(batch, ...)``; ``train`` selects training mode (batch statistics, dropout on); ``key``
+      drives dropout and is ignored by deterministic models. In evaluation mode ``new_state``
+      is ``state``.
+    """
+
+    init: Callable[..., tuple[Any, Any]]
+    apply: Callable[..., tuple[Any, Any]]
 BN_EPS = 1e-6         # the book writes 10e-7
 BN_MOMENTUM = 0.9     # the book's running-average momentum
 
@@ -237,6 +255,11 @@ def dropout(x, drop_rate, *, key=None, train: bool, mode: str = "inverted"):
     keep = 1 - jnp.asarray(drop_rate, x.dtype)
     if not train:
         return x if mode == "inverted" else x * keep
+    if isinstance(drop_rate, (int, float)):
+        # A constant rate would let XLA rewrite ``kept / keep`` as a product with a rounded
+        # reciprocal; behind the barrier it computes what a traced rate computes, so a model built
+        # with a number (nn.mlp_model, fit) equals, bit for bit, one whose rate is traced (sweeps).
+        keep = jax.lax.optimization_barrier(keep)
     if key is None:
         raise ValueError("dropout in training mode needs a PRNG key: pass key=...")
     mask = jax.random.bernoulli(key, keep, x.shape)
@@ -285,6 +308,53 @@ def apply(params, x, *, state=None, train: bool = False, key=None, activation: s
             h = dropout(h, drop_rate, key=None if key is None else jax.random.fold_in(key, i),
                         train=train, mode=dropout_mode)
     return h, new_state
+
+
+def mlp_model(sizes: Sequence[int], *, activation: str = "relu", weight_init="he", batchnorm: bool = False,
+              drop_rate=0.0, dropout_mode: str = "inverted", dtype=jnp.float32) -> Model:
+    """The book's ``MultiLayerNetExtend`` as a :class:`Model`.
+
+    ``init(key)`` is ``(init_mlp(key, sizes, ...), init_bn_state(params))``; ``apply`` is
+    :func:`apply` with dropout keyed by ``key`` in training. ``weight_init`` and ``drop_rate``
+    may be traced scalars (a sweep's model factory): a traced ``weight_init`` is the weights'
+    standard deviation (unit normals times it). Called twice with the same concrete arguments
+    it returns the same object, so ``train.fit``'s compiled programs are reused.
+
+    >>> model = mlp_model((4, 3, 2))
+    >>> params, state = model.init(jax.random.key(0))
+    >>> model.apply(params, state, jnp.ones((5, 4)), train=False)[0].shape
+    (5, 2)
+    """
+    sizes = tuple(sizes)
+    args = (sizes, activation, weight_init, bool(batchnorm), drop_rate, dropout_mode, jnp.dtype(dtype))
+    if any(isinstance(a, jax.Array) for a in (weight_init, drop_rate)):
+        return _mlp_model(*args)
+    return _mlp_model_cached(*args)
+
+
+def _mlp_model(sizes, activation, weight_init, batchnorm, drop_rate, dropout_mode, dtype) -> Model:
+    _activation(activation)  # bad names fail here, not inside a trace
+    if dropout_mode not in DROPOUT_MODES:
+        raise ValueError(f"dropout_mode must be one of {list(DROPOUT_MODES)}; got {dropout_mode!r}")
+    if isinstance(drop_rate, (int, float)) and not 0 <= drop_rate < 1:
+        raise ValueError(f"drop_rate (probability of dropping) must be in [0, 1); got {drop_rate}")
+    traced_scale = isinstance(weight_init, jax.Array)
+
+    def init(key):
+        params = init_mlp(key, sizes, weight_init=1.0 if traced_scale else weight_init, batchnorm=batchnorm,
+                          dtype=dtype)
+        if traced_scale:  # unit normals, then the (traced) standard deviation
+            params = [dict(layer, w=layer["w"] * weight_init.astype(dtype)) for layer in params]
+        return params, init_bn_state(params)
+
+    def apply_fn(params, state, x, *, train: bool, key=None):
+        return apply(params, x, state=state, train=train, key=key, activation=activation,
+                     drop_rate=drop_rate, dropout_mode=dropout_mode)
+
+    return Model(init, apply_fn)
+
+
+_mlp_model_cached = functools.lru_cache(maxsize=64)(_mlp_model)
 
 
 def weights_mask(params):

@@ -49,7 +49,7 @@ def smooth_curve(values, window: int = 11) -> np.ndarray:
 
 
 def training_figure(history: dict, path, *, title: str = "") -> str:
-    """Per-step loss (smoothed) and per-epoch accuracies, side by side."""
+    """Per-step loss (smoothed) and per-epoch accuracies (RMSE for regression), side by side."""
     fig = _figure(figsize=(10, 3.8))
     ax_loss, ax_acc = fig.subplots(1, 2)
     step_loss = np.asarray(history.get("step_loss", []))
@@ -59,11 +59,15 @@ def training_figure(history: dict, path, *, title: str = "") -> str:
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log")
     ax_loss.legend()
     epochs = np.asarray(history.get("epoch", []))
+    # accuracy for classification; RMSE for regression; else the evaluation loss
+    metric, label, scale = next(((m, lab, sc) for m, lab, sc in (("acc", "accuracy (%)", 100), ("rmse", "RMSE", 1),
+                                                                  ("eval_loss", "loss", 1))
+                                 if any(f"{n}_{m}" in history for n in ("train", "val", "test"))), ("acc", "", 1))
     for name, style in (("train", "-"), ("val", "--"), ("test", ":")):
-        acc = history.get(f"{name}_acc")
-        if acc is not None and len(acc):
-            ax_acc.plot(epochs, 100 * np.asarray(acc), style, marker="o", ms=3, label=name)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+        values = history.get(f"{name}_{metric}")
+        if values is not None and len(values):
+            ax_acc.plot(epochs, scale * np.asarray(values), style, marker="o", ms=3, label=name)
+    ax_acc.set(xlabel="epoch", ylabel=label)
     ax_acc.legend()
     if title:
         fig.suptitle(title)

@@ -4,14 +4,17 @@ Contract:
   * :func:`compare_optimizers` trains one model per optimizer from the same initial weights on
     the very same batches (the book's comparison protocol); optimizers have different state
     shapes, so they run one after another, each as one ``lax.scan``.
-  * A :class:`Spec` fixes everything static about a trial (layer sizes, optimizer name,
-    activation, batch size, ...). Hyperparameters are arrays of shape ``(T,)``, one value per
-    trial: ``learning_rate`` and the optimizer's other keywords (``momentum``, ``b1``, ...),
-    ``weight_decay`` (the book's L2 on weights, in the loss), ``drop_rate`` and
-    ``init_scale`` (the weights' standard deviation). :func:`run_trials` trains all ``T``
-    trials with ``jax.vmap``; trial ``i`` equals ``train.fit`` run
-    alone with key ``fold_in(key, seeds[i])``, its hyperparameters and its initial weights
-    ``nn.init_mlp(fold_in(key, seeds[i]), ...)`` (tested, to float tolerance).
+  * A :class:`Spec` fixes everything static about a trial: the model, the loss, the optimizer
+    name, the batch size, ... The model is the book's MLP (``sizes``, ``activation``, ...), or
+    ``model=``: an ``nn.Model``, or a factory ``f(**model_hparams) -> nn.Model`` called inside
+    the vmapped trace, so the model's own hyperparameters are traced too. Hyperparameters are
+    arrays of shape ``(T,)``, one value per trial: ``learning_rate`` and the optimizer's other
+    keywords (``momentum``, ``b1``, ...), ``weight_decay`` (the book's L2 on weights, in the
+    loss), and the model's: for the MLP ``drop_rate`` and ``init_scale`` (the weights' standard
+    deviation), for a factory the names of its parameters. :func:`run_trials` trains all ``T``
+    trials with ``jax.vmap``; trial ``i`` equals ``train.fit`` run alone with key
+    ``fold_in(key, seeds[i])`` (which initialises the model) and its hyperparameters (tested,
+    to float tolerance).
   * :class:`Trials` holds the batched states, the hyperparameters, the seeds and a history of
     per-epoch metrics of shape ``(T, epochs)``; :func:`train_trials` continues it,
     :func:`select` keeps some trials. That is all successive halving needs. Trials run in
@@ -32,17 +35,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import nn, optim, train
+from jaxscratch import data, losses, nn, optim, train
 
 __all__ = ["CVResult", "Spec", "Trials", "compare_optimizers", "ensemble_accuracy", "init_trials",
            "kfold_cv", "random_search", "run_trials", "select", "successive_halving", "table",
            "train_trials"]
 
-_TRAINING_HPARAMS = ("weight_decay", "drop_rate", "init_scale")
+_MLP_HPARAMS = ("drop_rate", "init_scale")
 
 
 def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, batch_size: int,
-                       activation="relu") -> dict:
+                       activation="relu", model: nn.Model | None = None, model_state=None,
+                       loss="cross_entropy") -> dict:
     """Train ``params`` with each optimizer on the same ``iterations`` batches.
 
     Batches are drawn as the book does (``np.random.choice(n, batch_size)`` each step, with
@@ -52,7 +56,9 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
       key: PRNG key for the batch indices.
       optimizers: name -> :class:`optim.Optimizer`.
       params: the common initial parameters.
-      x, y: training inputs ``(n, features)`` and integer labels ``(n,)``.
+      x, y: training inputs ``(n, ...)`` and targets (integer labels ``(n,)`` by default).
+      model, model_state, loss: any ``nn.Model`` and its state (default: the book's MLP that
+        ``params`` are for, with ``activation``), and the loss.
 
     Returns:
       name -> ``(final TrainState, per-step losses as a NumPy array)``.
@@ -63,30 +69,42 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
     if not isinstance(batch_size, int) or not 1 <= batch_size <= x.shape[0]:
         raise ValueError(f"batch_size must be an int in [1, {x.shape[0]}]; got {batch_size!r}")
     batches = jax.random.randint(key, (iterations, batch_size), 0, x.shape[0])  # (iterations, batch)
+    if model is None:
+        model = nn.mlp_model(_mlp_sizes(params), activation=activation, batchnorm="gamma" in params[0])
+    model_state = nn.init_bn_state(params) if model_state is None and isinstance(params, list) else model_state
+    task = losses.task(loss)
     results = {}
     for name, opt in optimizers.items():
         if not isinstance(opt, optim.Optimizer) and not (hasattr(opt, "init") and hasattr(opt, "update")):
             raise TypeError(f"optimizers[{name!r}] must be an (init, update) pair; got {type(opt).__name__}")
-        try:
-            run = _run_steps_program(opt, activation)
-        except TypeError:  # an unhashable optimizer object: compile without the cache
-            run = _run_steps_program.__wrapped__(opt, activation)
-        state, losses = run(params, x, y, batches)
-        results[name] = (state, np.asarray(losses))
+        state, step_losses = _run_steps_program(model, opt, task)(params, model_state, x, y, batches)
+        results[name] = (state, np.asarray(step_losses))
     return results
 
 
+def _mlp_sizes(params) -> tuple:
+    if not isinstance(params, list) or not params or "w" not in params[0]:
+        raise TypeError(f"params are not the book's MLP (nn.init_mlp); pass model= for other models; got "
+                        f"{type(params).__name__}")
+    return (params[0]["w"].shape[0], *(layer["w"].shape[1] for layer in params))
+
+
 @functools.lru_cache(maxsize=32)
-def _run_steps_program(opt, activation: str):
-    """``train.run_steps`` compiled, cached per optimizer object: a repeated comparison recompiles nothing."""
-    return jax.jit(lambda p, x, y, b: train.run_steps(opt, p, x, y, b, activation=activation))
+def _run_steps_program(model, opt, task):
+    """``train.run_steps`` compiled, cached per model, optimizer and task: a repeated comparison
+    recompiles nothing (optimizers are NamedTuples of functions, hashable by identity)."""
+    return jax.jit(lambda p, s, x, y, b: train.run_steps(model, opt, p, s, x, y, b, loss=task))
 
 
 # ----------------------------------------------------------------- vmapped trials
 class Spec(NamedTuple):
-    """What every trial of a sweep shares (hashable: it keys the compilation cache)."""
+    """What every trial of a sweep shares (hashable: it keys the compilation cache).
 
-    sizes: tuple
+    ``sizes``, ``activation``, ``weight_init``, ``batchnorm`` and ``dropout_mode`` describe the
+    book's MLP; ``model`` replaces it with an ``nn.Model`` or a factory ``f(**model_hparams) ->
+    nn.Model``. ``loss`` is ``train.fit``'s."""
+
+    sizes: tuple = ()
     optimizer: str = "sgd"
     activation: str = "relu"
     weight_init: Any = "he"
@@ -95,6 +113,8 @@ class Spec(NamedTuple):
     batch_size: int = 100
     sampling: str = "epoch"
     optimizer_kwargs: tuple = ()  # static (name, value) pairs, e.g. (("eps_in_sqrt", True),)
+    model: Any = None             # None: the MLP above; an nn.Model; or a factory of one
+    loss: Any = "cross_entropy"
 
 
 class Trials(NamedTuple):
@@ -104,45 +124,75 @@ class Trials(NamedTuple):
     history: dict            # metric -> (T, epochs so far) NumPy
 
 
+def _model_hparams(spec: Spec) -> set:
+    """The hyperparameter names the spec's model takes: the MLP's, a factory's parameters, or none."""
+    if spec.model is None:
+        return set(_MLP_HPARAMS)
+    if isinstance(spec.model, nn.Model):
+        return set()
+    if not callable(spec.model):
+        raise TypeError(f"Spec.model must be an nn.Model or a factory f(**hparams) -> nn.Model; got "
+                        f"{type(spec.model).__name__}")
+    return set(inspect.signature(spec.model).parameters)
+
+
 def _check_spec(spec: Spec, hparams: dict) -> None:
     if spec.optimizer not in optim.OPTIMIZERS:
         raise ValueError(f"unknown optimizer {spec.optimizer!r}; valid choices: {sorted(optim.OPTIMIZERS)}")
+    if spec.model is None and len(spec.sizes) < 2:
+        raise ValueError(f"Spec needs the MLP's sizes (input, hidden..., output) or a model=; got sizes {spec.sizes!r}")
+    losses.task(spec.loss)  # a bad loss fails here
     accepted = set(inspect.signature(optim.OPTIMIZERS[spec.optimizer]).parameters) - {"weight_decay", "mask"}
+    valid = accepted | {"weight_decay"} | _model_hparams(spec)
     for name in hparams:
-        if name not in accepted and name not in _TRAINING_HPARAMS:
-            raise ValueError(f"cannot sweep {name!r} with {spec.optimizer}; valid names: "
-                             f"{sorted(accepted | set(_TRAINING_HPARAMS))}")
+        if name not in valid:
+            raise ValueError(f"cannot sweep {name!r} with {spec.optimizer} and this model; valid names: {sorted(valid)}")
+    if spec.model is not None and not isinstance(spec.model, nn.Model):
+        missing = {n for n, p in inspect.signature(spec.model).parameters.items()
+                   if p.default is inspect.Parameter.empty} - set(hparams)
+        if missing:
+            raise ValueError(f"the model factory needs the hyperparameters {sorted(missing)}; give them in hparams")
 
 
 def _optimizer(spec: Spec, hp: dict) -> optim.Optimizer:
-    opt_hp = {k: v for k, v in hp.items() if k not in _TRAINING_HPARAMS}
+    opt_hp = {k: v for k, v in hp.items() if k != "weight_decay" and k not in _model_hparams(spec)}
     return optim.OPTIMIZERS[spec.optimizer](**dict(spec.optimizer_kwargs), **opt_hp)
+
+
+def _model(spec: Spec, hp: dict) -> nn.Model:
+    """The trial's model; its hyperparameters (traced inside a sweep) come from ``hp``."""
+    model_hp = {k: v for k, v in hp.items() if k in _model_hparams(spec)}
+    if spec.model is None:
+        return nn.mlp_model(spec.sizes, activation=spec.activation, batchnorm=spec.batchnorm,
+                            weight_init=model_hp.get("init_scale", spec.weight_init),
+                            drop_rate=model_hp.get("drop_rate", 0.0), dropout_mode=spec.dropout_mode)
+    if isinstance(spec.model, nn.Model):
+        return spec.model
+    model = spec.model(**model_hp)
+    if not isinstance(model, nn.Model):
+        raise TypeError(f"the model factory must return an nn.Model; got {type(model).__name__}")
+    return model
 
 
 def _init_one(spec: Spec, key, seed, hp):
     k = jax.random.fold_in(key, seed)
-    if "init_scale" in hp:  # unit normal weights, then the (traced) standard deviation
-        params = nn.init_mlp(k, spec.sizes, weight_init=1.0, batchnorm=spec.batchnorm)
-        params = [dict(layer, w=layer["w"] * hp["init_scale"].astype(layer["w"].dtype)) for layer in params]
-    else:
-        params = nn.init_mlp(k, spec.sizes, weight_init=spec.weight_init, batchnorm=spec.batchnorm)
-    return train.init_state(k, params, _optimizer(spec, hp))
+    params, model_state = _model(spec, hp).init(k)
+    return train.init_state(k, params, _optimizer(spec, hp), model_state)
 
 
 def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets):
-    epoch_fn = train.make_epoch(_optimizer(spec, hp), batch_size=spec.batch_size, sampling=spec.sampling,
-                                activation=spec.activation, dropout_mode=spec.dropout_mode,
-                                use_dropout="drop_rate" in hp, use_weight_decay="weight_decay" in hp)
-    hyper = train.Hyper(hp.get("weight_decay", jnp.float32(0)), hp.get("drop_rate", jnp.float32(0)))
-    rate = hp.get("drop_rate", 0.0)
+    model = _model(spec, hp)
+    epoch_fn = train.make_epoch(model, _optimizer(spec, hp), batch_size=spec.batch_size, sampling=spec.sampling,
+                                loss=spec.loss, use_weight_decay="weight_decay" in hp)
+    hyper = train.Hyper(hp.get("weight_decay", jnp.float32(0)))
 
     def body(state, _):
-        state, losses = epoch_fn(state, x, y, hyper)
-        record = {"train_loss": jnp.mean(losses)}
+        state, step_losses = epoch_fn(state, x, y, hyper)
+        record = {"train_loss": jnp.mean(step_losses)}
         for name, (xe, ye) in eval_sets.items():
-            record[f"{name}_eval_loss"], record[f"{name}_acc"] = train.evaluate(
-                state.params, state.bn_state, xe, ye, activation=spec.activation, drop_rate=rate,
-                dropout_mode=spec.dropout_mode)
+            metrics = train.evaluate(model, state.params, state.model_state, xe, ye, loss=spec.loss)
+            for k, v in metrics.items():
+                record[f"{name}_eval_loss" if k == "loss" else f"{name}_{k}"] = v
         return state, record
 
     return jax.lax.scan(body, state, None, length=epochs)
@@ -194,15 +244,17 @@ def init_trials(key, spec: Spec, hparams: dict, seeds=None) -> Trials:
     return Trials(_init_many(spec, key, seeds, hp), hp, seeds, {})
 
 
-def _pairs(spec: Spec, train_data, validation, test) -> tuple:
-    """The sets as device arrays, checked against ``spec.sizes`` (shapes and label range)."""
-    n_in, n_out = spec.sizes[0], spec.sizes[-1]
-    x, y = (jnp.asarray(a) for a in train._check_data("train", train_data, n_in, n_out))
-    sets = {"train": (x, y)}
-    for name, pair in (("val", validation), ("test", test)):
-        if pair is not None and len(pair[0]):
-            sets[name] = tuple(jnp.asarray(a) for a in train._check_data(name, pair, n_in, n_out))
-    return x, y, sets
+def _pairs(spec: Spec, hp: dict, train_data, validation, test) -> tuple:
+    """The sets as device arrays, checked against the first trial's model and the loss."""
+    model = _model(spec, {k: v[0] for k, v in hp.items()})
+    params, model_state = jax.eval_shape(model.init, jax.random.key(0))
+    raw = {"train": train_data, **{k: v for k, v in (("val", validation), ("test", test)) if v is not None}}
+    n = len(train._check_pair("train", train_data)[0])
+    if not 1 <= spec.batch_size <= n:
+        raise ValueError(f"batch_size must be in [1, {n}] (the training set size); got {spec.batch_size}")
+    checked = train._check_sets(model, losses.task(spec.loss), params, model_state, raw, spec.batch_size)
+    sets = {k: tuple(jnp.asarray(a) for a in v) for k, v in checked.items() if k == "train" or len(v[0])}
+    return sets["train"][0], sets["train"][1], sets
 
 
 # On a CPU, trials train in groups of this many, one compiled program serving every group, every
@@ -223,9 +275,7 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
-    x, y, sets = _pairs(spec, train_data, validation, test)
-    if not 1 <= spec.batch_size <= x.shape[0]:
-        raise ValueError(f"batch_size must be in [1, {x.shape[0]}] (the training set size); got {spec.batch_size}")
+    x, y, sets = _pairs(spec, trials.hparams, train_data, validation, test)
     n = int(trials.seeds.shape[0])
     if group_size is None:
         group_size = CPU_GROUP_SIZE if jax.default_backend() == "cpu" else n
@@ -268,8 +318,16 @@ def select(trials: Trials, index) -> Trials:
     return Trials(state, hparams, seeds, {k: v[index] for k, v in trials.history.items()})
 
 
-def table(trials: Trials, metric: str = "val_acc") -> list[dict]:
-    """One row per trial (hyperparameters and final metrics), best ``metric`` first."""
+def _ranking_metric(history: dict) -> str:
+    """Validation accuracy where there is one (classification), else the validation loss."""
+    return "val_acc" if "val_acc" in history else "val_eval_loss"
+
+
+def table(trials: Trials, metric: str | None = None) -> list[dict]:
+    """One row per trial (hyperparameters and final metrics), best ``metric`` first (default:
+    validation accuracy for classification, else validation loss; metrics ending in "loss" rank
+    lowest first)."""
+    metric = _ranking_metric(trials.history) if metric is None else metric
     rows = []
     for i in range(int(trials.seeds.shape[0])):
         row = {"trial": i, "seed": int(trials.seeds[i])}
@@ -294,7 +352,8 @@ def _log_uniform(key, ranges: dict, n: int) -> dict:
 def random_search(key, spec: Spec, ranges: dict, train_data, validation, *, n_trials: int, epochs: int,
                   test=None, group_size: int | None = None) -> tuple[Trials, list[dict]]:
     """The book's search: each hyperparameter ``10 ** U(log10 low, log10 high)``, every trial
-    trained ``epochs`` epochs; returns the trials and their table, best validation accuracy first."""
+    trained ``epochs`` epochs; returns the trials and their table, best validation accuracy (for
+    regression and custom losses: lowest validation loss) first."""
     hp = _log_uniform(jax.random.fold_in(key, 1), ranges, n_trials)
     trials = run_trials(key, spec, hp, train_data, epochs=epochs, validation=validation, test=test,
                         group_size=group_size)
@@ -331,7 +390,9 @@ def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *,
         if budget >= max_epochs or trials.seeds.shape[0] == 1:
             break
         keep = max(1, math.ceil(trials.seeds.shape[0] / eta))
-        order = np.argsort(-trials.history["val_acc"][:, -1], kind="stable")[:keep]
+        metric = _ranking_metric(trials.history)
+        final = trials.history[metric][:, -1]
+        order = np.argsort(final if metric.endswith("loss") else -final, kind="stable")[:keep]
         trials = select(trials, order)
         budget *= eta
     summary = {"epochs_trained": spent, "epochs_full_search": n_trials * max_epochs,
@@ -343,29 +404,23 @@ def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *,
 class CVResult(NamedTuple):
     hparams: dict         # name -> (C,)
     val_loss: np.ndarray  # (C, K) final validation loss per configuration and fold
-    val_acc: np.ndarray   # (C, K)
+    val_acc: np.ndarray | None  # (C, K); None for losses without accuracy
     state: train.TrainState  # leaves (C, K, ...): every fold's model
     best: int             # the configuration with the lowest mean validation loss
-
-
-def _folds(n: int, k: int, seed: int):
-    if not isinstance(k, int) or not 2 <= k <= n:
-        raise ValueError(f"k must be an int in [2, {n}]; got {k!r}")
-    order = np.random.default_rng(seed).permutation(n)[: n - n % k].reshape(k, -1)  # (k, n // k)
-    train_idx = np.stack([np.concatenate([order[j] for j in range(k) if j != f]) for f in range(k)])
-    return train_idx, order  # (k, n - n//k), (k, n//k)
 
 
 def kfold_cv(key, spec: Spec, hparams: dict, x, y, *, k: int, epochs: int, seed: int = 0) -> CVResult:
     """K-fold cross-validation of ``C`` configurations, vmapped over configurations and folds.
 
-    Folds have equal sizes: the ``n % k`` samples left over by the seeded shuffle are not used.
-    Every configuration sees the same folds and, per fold, the same initial weights.
+    Folds are :func:`data.kfold_indices`'s: equal validation folds of ``n // k`` samples, the
+    ``n % k`` left over by the seeded shuffle in every fold's training set (trained on, never
+    validated). Every configuration sees the same folds and, per fold, the same initial weights.
     """
     hp, c = _hparams(hparams)
     _check_spec(spec, hp)
     x, y = np.asarray(x), np.asarray(y)
-    train_idx, val_idx = _folds(len(x), k, seed)
+    folds_idx = data.kfold_indices(len(x), k, seed=seed)
+    train_idx, val_idx = (np.stack([f[i] for f in folds_idx]) for i in (0, 1))  # (k, n - n//k), (k, n//k)
     xs, ys, xv, yv = (jnp.asarray(a) for a in (x[train_idx], y[train_idx], x[val_idx], y[val_idx]))
     folds = jnp.arange(k, dtype=jnp.int32)
 
@@ -376,14 +431,20 @@ def kfold_cv(key, spec: Spec, hparams: dict, x, y, *, k: int, epochs: int, seed:
         return jax.vmap(one_fold)(folds, xs, ys, xv, yv)
 
     state, records = jax.jit(jax.vmap(one_config))(hp)
-    val_loss, val_acc = np.asarray(records["val_eval_loss"][..., -1]), np.asarray(records["val_acc"][..., -1])
+    val_loss = np.asarray(records["val_eval_loss"][..., -1])
+    val_acc = np.asarray(records["val_acc"][..., -1]) if "val_acc" in records else None
     return CVResult(hp, val_loss, val_acc, state, int(np.argmin(val_loss.mean(axis=1))))
 
 
-def ensemble_accuracy(states, x, y, *, activation="relu") -> float:
-    """Accuracy of the average softmax of the models in ``states`` (leaves ``(M, ...)``)."""
+def ensemble_accuracy(states, x, y, *, activation="relu", model: nn.Model | None = None) -> float:
+    """Accuracy of the average softmax of the models in ``states`` (leaves ``(M, ...)``); ``model``
+    (default: the book's MLP with ``activation``) maps each one's params to logits."""
+    if model is None:
+        model = nn.mlp_model(_mlp_sizes(jax.tree.map(lambda a: a[0], states.params)), activation=activation)
+    x = jnp.asarray(x)
+
     def probs(s):
-        logits, _ = nn.apply(s.params, x, state=s.bn_state, activation=activation)
+        logits, _ = model.apply(s.params, s.model_state, x, train=False)
         return jax.nn.softmax(logits, axis=-1)
 
     p = jnp.mean(jax.jit(jax.vmap(probs))(states), axis=0)

@@ -1,39 +1,49 @@
-"""Training: a pure train step, whole epochs fused in one ``lax.scan``, evaluation, history.
+"""Training any :class:`nn.Model`: a pure train step, whole epochs fused in one ``lax.scan``,
+evaluation, history.
 
 Contract:
   * :class:`TrainState` holds everything a run needs to continue: ``params``, ``opt_state``,
-    ``bn_state`` (running batch-norm statistics, an empty pytree for plain nets), the run's base
-    PRNG ``key`` and ``step`` (updates done, int32). Every function here takes a state and
-    returns a new one; nothing is mutated.
+    ``model_state`` (the model's non-trained variables, e.g. batch-norm statistics; an empty
+    pytree when there are none), the run's base PRNG ``key`` and ``step`` (updates done, int32).
+    Every function here takes a state and returns a new one; nothing is mutated.
+  * The model is any ``nn.Model(init, apply)``; the loss is a task of :func:`losses.task`:
+    ``"cross_entropy"`` (accuracy reported, the best state is the one with the best validation
+    accuracy), ``"mse"`` (RMSE reported, best = lowest validation loss) or a callable
+    ``loss(outputs, y)`` (loss reported, best = lowest validation loss). Data are checked
+    against the model before anything compiles: ``x`` ``(n, ...)`` as the model accepts it
+    (found by ``jax.eval_shape``), targets that fit the loss and the model's outputs.
   * Randomness is a pure function of ``(key, step)``: epoch ``e`` draws its batch order from
-    ``fold_in(fold_in(key, 0), e)`` and step ``t`` its dropout masks from
-    ``fold_in(fold_in(key, 1), t)``. So a run stopped after any epoch and resumed from its
-    state gives bit-identical results to an uninterrupted one.
+    ``fold_in(fold_in(key, 0), e)`` and step ``t`` its dropout key from
+    ``fold_in(fold_in(key, 1), t)``. ``fit`` initialises the model with ``model.init(key)``
+    unless given ``params`` or a ``state``. So a run stopped after any epoch and resumed from
+    its state gives bit-identical results to an uninterrupted one.
   * :func:`make_epoch` builds ``epoch(state, x, y, hyper) -> (state, step_losses)``: one epoch
     of ``len(x) // batch_size`` steps in a single ``lax.scan``. The data are arguments (never
     closed over: a closed-over array becomes a compile-time constant) and stay on the device;
-    batches are gathered inside the scan. ``hyper`` (:class:`Hyper`) holds the traced
-    regularisation strengths, so one compiled epoch serves every value (and ``vmap``).
+    batches are gathered inside the scan. ``hyper`` (:class:`Hyper`) holds the traced weight
+    decay, so one compiled epoch serves every value (and ``vmap``).
+  * Weight decay is the book's ``0.5 * weight_decay * sum(|w| ** 2)`` added to the loss, over
+    the leaves that are weights: by default :func:`losses.is_weight` (inexact, ``ndim >= 2``:
+    the book's MLP gets exactly its weight matrices), or ``weight_decay_mask`` (a pytree of
+    bools like ``params`` or a callable ``params -> mask``).
   * :func:`fit` runs epochs from Python (one compiled call per epoch, the state buffers
-    donated), evaluates on the train/validation/test sets after each, keeps the state with the
-    best validation accuracy besides the last, and returns the per-step losses and per-epoch
-    metrics as NumPy arrays.
-  * Loss: softmax cross-entropy plus the book's ``0.5 * weight_decay * sum(W ** 2)`` over weight
-    matrices only (``losses.l2_penalty``).
-  * Compilation: ``fit`` keeps its compiled epoch and evaluation programs in a cache keyed by
-    ``optimizer.update`` and the static configuration, so a second ``fit`` with the same
-    optimizer object (or an ``optim.inject_hyperparams`` optimizer with other values), or other
-    ``weight_decay`` / ``drop_rate`` values, compiles nothing. Evaluation compiles one program
-    for a fixed chunk of rows that serves the train, validation and test sets alike.
+    donated), evaluates the train/validation/test sets after each with the one evaluator that
+    :func:`evaluate` also uses, keeps the best state besides the last, and returns the per-step
+    losses and per-epoch metrics as NumPy arrays. No host transfer happens inside an epoch.
+  * Compilation: ``fit`` keeps its compiled epoch and evaluation programs in a cache keyed by the
+    model, the task, ``optimizer.update`` and the static configuration, so a second ``fit`` with
+    the same objects (``nn.mlp_model`` returns the same object for the same arguments; an
+    ``optim.inject_hyperparams`` optimizer with other values) or another ``weight_decay`` value
+    compiles nothing.
   * Scale: ``fit(..., mesh=jax.sharding.Mesh(...))`` splits every batch over the mesh's data
-    axis (data parallelism); the data set, parameters and optimizer state are replicated, and
-    XLA inserts the gradient all-reduce. ``compute_dtype=jnp.bfloat16`` computes the forward
-    and backward passes in bf16 while parameters, optimizer state, batch-norm statistics and
-    the loss stay float32 (mixed precision, for GPU/TPU).
+    axis (data parallelism; parameters and state replicated, XLA inserts the all-reduce).
+    ``compute_dtype=jnp.bfloat16`` runs the model on bf16 copies of the floating parameters and
+    inputs while parameters, optimizer state, model state and the loss stay float32.
 """
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -48,85 +58,94 @@ __all__ = ["FitResult", "Hyper", "TrainState", "evaluate", "fit", "init_state", 
            "make_train_step", "run_steps", "SAMPLINGS"]
 
 SAMPLINGS = ("epoch", "replacement")
-_EVAL_CHUNK = 8192  # rows per evaluation chunk in evaluate(): bounds memory on large test sets
-_FIT_EVAL_CHUNK = 2048  # fit pads each set to a multiple of this: one compiled program, little waste
+EVAL_CHUNK = 2048  # rows per evaluation chunk (fit and evaluate): one compiled program, bounded memory
 
 
 class TrainState(NamedTuple):
     params: Any
     opt_state: Any
-    bn_state: Any
+    model_state: Any
     key: jax.Array
     step: jax.Array
 
 
 class Hyper(NamedTuple):
-    """Regularisation strengths, traced (one compilation serves every value)."""
+    """The traced weight-decay strength (one compilation serves every value)."""
 
     weight_decay: jax.Array | float = 0.0
-    drop_rate: jax.Array | float = 0.0
 
 
 class FitResult(NamedTuple):
     state: TrainState        # after the last epoch
-    best: TrainState         # best validation accuracy (the last state when there is no validation set)
+    best: TrainState         # best validation metric (the last state when there is no validation set)
     history: dict            # NumPy arrays: "step_loss" per step, the rest per epoch
 
 
-def init_state(key, params, optimizer: optim.Optimizer) -> TrainState:
-    """A fresh state: ``optimizer.init(params)``, zero running statistics, step 0."""
-    return TrainState(params, optimizer.init(params), nn.init_bn_state(params), key,
-                      jax.device_put(np.int32(0)))
-
-
-def _as_hyper(weight_decay, drop_rate) -> Hyper:
-    for name, v, hi in (("weight_decay", weight_decay, None), ("drop_rate", drop_rate, 1.0)):
-        if isinstance(v, (int, float)) and not (v >= 0 and (hi is None or v < hi)):
-            raise ValueError(f"{name} must be in [0, {hi or 'inf'}); got {v}")
-    as_f32 = lambda v: v.astype(jnp.float32) if isinstance(v, jax.Array) else np.float32(v)
-    return Hyper(as_f32(weight_decay), as_f32(drop_rate))
+def init_state(key, params, optimizer: optim.Optimizer, model_state=()) -> TrainState:
+    """A fresh state: ``optimizer.init(params)``, the given model state, step 0."""
+    return TrainState(params, optimizer.init(params), model_state, key, jax.device_put(np.int32(0)))
 
 
 def _cast(tree, dtype):
-    """Floating leaves of ``tree`` as ``dtype`` (``None``: unchanged)."""
+    """Real floating leaves of ``tree`` as ``dtype`` (``None``: unchanged)."""
     if dtype is None:
         return tree
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-def make_train_step(optimizer: optim.Optimizer, *, activation="relu", dropout_mode="inverted",
-                    use_dropout=False, use_weight_decay=True, compute_dtype=None) -> Callable:
+def _master_dtype(params):
+    """The dtype outputs are cast back to under mixed precision: the first floating parameter's."""
+    floats = [a.dtype for a in jax.tree.leaves(params) if jnp.issubdtype(a.dtype, jnp.floating)]
+    return floats[0] if floats else jnp.float32
+
+
+def _run(model: nn.Model, params, model_state, x, *, train: bool, key, compute_dtype):
+    """``model.apply`` under ``compute_dtype``, its outputs back in the parameters' precision."""
+    out, new_state = model.apply(_cast(params, compute_dtype), model_state, _cast(x, compute_dtype),
+                                 train=train, key=key)
+    if compute_dtype is not None:
+        out = _cast(out, _master_dtype(params))
+    return out, new_state
+
+
+def _penalty(params, mask_leaves: tuple | None, weight_decay):
+    """``0.5 * weight_decay * sum(|w| ** 2)`` over the leaves where ``mask_leaves`` (flat, static)."""
+    if mask_leaves is None:
+        return losses.l2_penalty(params, weight_decay)
+    mask = jax.tree.unflatten(jax.tree.structure(params), list(mask_leaves))
+    return losses.l2_penalty(params, weight_decay, mask)
+
+
+def make_train_step(model: nn.Model, optimizer: optim.Optimizer, *, loss="cross_entropy", use_weight_decay=True,
+                    weight_decay_mask: tuple | None = None, compute_dtype=None) -> Callable:
     """``step(state, x, y, hyper) -> (state, loss)``: one update on one batch (pure).
 
-    ``compute_dtype`` (e.g. ``jnp.bfloat16``): the network runs on parameters and inputs cast to
-    it; gradients, the loss, the optimizer and batch-norm statistics stay in the parameters'
-    dtype (float32 master weights).
+    ``weight_decay_mask``: ``None`` (:func:`losses.is_weight`) or a flat tuple of bools, one per
+    parameter leaf. ``compute_dtype`` (e.g. ``jnp.bfloat16``): the model runs on parameters and
+    inputs cast to it; gradients, the loss and the optimizer stay in the parameters' dtype.
     """
+    task = losses.task(loss)
 
-    def loss_fn(params, bn_state, x, y, key, hyper):
-        logits, new_bn = nn.apply(_cast(params, compute_dtype), _cast(x, compute_dtype), state=bn_state,
-                                  train=True, key=key, activation=activation,
-                                  drop_rate=hyper.drop_rate if use_dropout else 0.0, dropout_mode=dropout_mode)
-        if compute_dtype is not None:  # the loss in the parameters' precision
-            logits = logits.astype(jax.tree.leaves(params)[0].dtype)
-        loss = losses.softmax_cross_entropy(logits, y)
+    def loss_fn(params, model_state, x, y, key, hyper):
+        out, new_state = _run(model, params, model_state, x, train=True, key=key, compute_dtype=compute_dtype)
+        value = task.loss(out, y)
         if use_weight_decay:
-            loss = loss + losses.l2_penalty(params, hyper.weight_decay.astype(loss.dtype))
-        return loss, new_bn
+            value = value + _penalty(params, weight_decay_mask, jnp.asarray(hyper.weight_decay).astype(value.dtype))
+        return value, new_state
 
     def step(state: TrainState, x, y, hyper: Hyper):
         key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
-        (loss, bn_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.bn_state, x, y, key, hyper)
+        (value, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, x, y, key, hyper)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optim.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, bn_state, state.key, state.step + 1), loss
+        return TrainState(params, opt_state, model_state, state.key, state.step + 1), value
 
     return step
 
 
-def make_epoch(optimizer: optim.Optimizer, *, batch_size: int, sampling: str = "epoch", sharding=None,
-               **step_kwargs) -> Callable:
+def make_epoch(model: nn.Model, optimizer: optim.Optimizer, *, batch_size: int, sampling: str = "epoch",
+               sharding=None, **step_kwargs) -> Callable:
     """``epoch(state, x, y, hyper, n=None) -> (state, step_losses)``: ``n // batch_size`` steps in one scan.
 
     ``sampling="epoch"``: a fresh permutation each epoch, cut into full batches (the remainder
@@ -134,10 +153,11 @@ def make_epoch(optimizer: optim.Optimizer, *, batch_size: int, sampling: str = "
     every batch drawn independently with replacement. ``n`` (static, default ``len(x)``): draw
     from the first ``n`` rows only (``fit`` pads the data). ``sharding``: where each gathered
     batch goes (a ``NamedSharding`` splitting rows over devices, for data parallelism).
+    ``step_kwargs`` go to :func:`make_train_step`.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {list(SAMPLINGS)}; got {sampling!r}")
-    step = make_train_step(optimizer, **step_kwargs)
+    step = make_train_step(model, optimizer, **step_kwargs)
 
     def epoch(state: TrainState, x, y, hyper: Hyper, n: int | None = None):
         n = x.shape[0] if n is None else n
@@ -157,59 +177,128 @@ def make_epoch(optimizer: optim.Optimizer, *, batch_size: int, sampling: str = "
     return epoch
 
 
-def _chunk_sums(params, bn_state, xc, yc, mask, drop_rate, *, activation, dropout_mode, compute_dtype=None):
-    """Summed loss and number of correct predictions over the rows of one chunk where ``mask``."""
-    logits, _ = nn.apply(_cast(params, compute_dtype), _cast(xc, compute_dtype), state=bn_state, train=False,
-                         activation=activation, drop_rate=drop_rate, dropout_mode=dropout_mode)
-    if compute_dtype is not None:
-        logits = logits.astype(jax.tree.leaves(params)[0].dtype)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    if jnp.issubdtype(yc.dtype, jnp.integer):
-        nll = -jnp.take_along_axis(logp, yc[:, None], axis=-1)[:, 0]
-        nll = jnp.where((yc >= 0) & (yc < logp.shape[-1]), nll, jnp.nan)  # a bad label shows
-        label = yc
-    else:
-        nll = -jnp.sum(yc.astype(logp.dtype) * logp, axis=-1)
-        label = jnp.argmax(yc, axis=-1)
-    correct = jnp.argmax(logits, axis=-1) == label
-    return jnp.sum(jnp.where(mask, nll, 0)), jnp.sum(jnp.where(mask, correct, False))
+# ----------------------------------------------------------------- evaluation
+def _chunk_sums(model, task, params, model_state, xc, yc, mask, compute_dtype=None) -> dict:
+    """Summed per-example loss (and correct predictions, for classification) over the rows of one
+    chunk where ``mask``: the one evaluator of ``fit``, :func:`evaluate` and the sweeps."""
+    out, _ = _run(model, params, model_state, xc, train=False, key=None, compute_dtype=compute_dtype)
+    per, correct = task.per_example(out, yc)
+    sums = {"loss": jnp.sum(jnp.where(mask, per, 0))}
+    if correct is not None:
+        sums["correct"] = jnp.sum(jnp.where(mask, correct, False))
+    return sums
 
 
-def evaluate(params, bn_state, x, y, *, activation="relu", drop_rate=0.0, dropout_mode="inverted"):
-    """``(mean loss, accuracy)`` in evaluation mode, computed in chunks of at most 8,192 rows.
+def _metrics(task, sums: dict, n: int, sqrt=math.sqrt) -> dict:
+    """``{"loss", "acc" | "rmse"}`` (means over ``n`` rows) from summed chunk results."""
+    out = {"loss": sums["loss"] / n}
+    if task.metric == "acc":
+        out["acc"] = sums["correct"] / n
+    elif task.metric == "rmse":
+        out["rmse"] = sqrt(out["loss"])
+    return out
 
-    The loss here is the data term only (no weight-decay penalty).
+
+def evaluate(model: nn.Model, params, model_state, x, y, *, loss="cross_entropy", compute_dtype=None) -> dict:
+    """Metrics of ``(x, y)`` in evaluation mode: ``{"loss", "acc"}`` for cross-entropy, ``{"loss",
+    "rmse"}`` for MSE, ``{"loss"}`` for a callable loss (the data term only, no weight decay).
+
+    Computed in chunks of :data:`EVAL_CHUNK` rows (memory stays bounded on large sets); traceable,
+    so sweeps call it inside their vmapped programs. An empty set gives NaN.
     """
+    task = losses.task(loss)
+    x, y = jnp.asarray(x), jnp.asarray(y)
     n = x.shape[0]
     if n == 0:
-        return jnp.float32(jnp.nan), jnp.float32(jnp.nan)
-    if n <= _EVAL_CHUNK:  # one chunk: no loop
-        loss_sum, hits = _chunk_sums(params, bn_state, x, y, jnp.ones(n, bool), drop_rate, activation=activation,
-                                     dropout_mode=dropout_mode)
-        return loss_sum / n, hits.astype(jnp.float32) / n
-    chunk = _EVAL_CHUNK
-    pad = (-n) % chunk
-    xs = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-    ys = jnp.concatenate([y, jnp.zeros((pad,) + y.shape[1:], y.dtype)]) if pad else y
-    valid = (jnp.arange(n + pad) < n).reshape(-1, chunk)
-    xs, ys = xs.reshape((-1, chunk) + x.shape[1:]), ys.reshape((-1, chunk) + y.shape[1:])
-
-    def one(args):
-        xc, yc, mask = args
-        return _chunk_sums(params, bn_state, xc, yc, mask, drop_rate, activation=activation,
-                           dropout_mode=dropout_mode)
-
-    loss_sums, hits = jax.lax.map(one, (xs, ys, valid))
-    return jnp.sum(loss_sums) / n, jnp.sum(hits).astype(jnp.float32) / n
+        nan = jnp.float32(jnp.nan)
+        return {k: nan for k in ("loss", task.metric) if k}
+    pad = (-n) % EVAL_CHUNK if n > EVAL_CHUNK else 0
+    k = (n + pad) // EVAL_CHUNK if pad or n > EVAL_CHUNK else 1
+    chunks = tuple(jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]).reshape((k, -1) + a.shape[1:])
+                   for a in (x, y))
+    mask = (jnp.arange(n + pad) < n).reshape(k, -1)
+    one = lambda c: _chunk_sums(model, task, params, model_state, *c, compute_dtype)
+    sums = one((chunks[0][0], chunks[1][0], mask[0])) if k == 1 else jax.tree.map(
+        jnp.sum, jax.lax.map(one, (*chunks, mask)))
+    sums = {name: v.astype(jnp.float32) for name, v in sums.items()}
+    return _metrics(task, sums, n, sqrt=jnp.sqrt)
 
 
-def _fmt(record: dict, epoch: int, epochs: int) -> str:
-    parts = [f"epoch {epoch}/{epochs}", f"loss {record['train_loss']:.4f}", f"train {100 * record['train_acc']:.1f}%"]
-    for name in ("val", "test"):
-        if f"{name}_acc" in record:
-            parts.append(f"{name} {100 * record[f'{name}_acc']:.1f}%")
-    parts.append(f"{record['time']:.1f}s")
-    return "  ".join(parts)
+# ----------------------------------------------------------------- checks
+def _as_model(model) -> nn.Model:
+    if isinstance(model, nn.Model):
+        return model
+    kind = type(model).__module__.split(".")[0]
+    hint = {"flax": "wrap a flax linen module with nn.from_flax(module, example_x)",
+            "equinox": "wrap an equinox module with nn.from_equinox(module)"}.get(
+        kind, "build one with nn.mlp_model(sizes), nn.from_flax(...), nn.from_equinox(...) or nn.Model(init, apply); "
+              "initial parameters go in params=")
+    raise TypeError(f"model must be an nn.Model(init, apply); got {type(model).__name__} ({hint})")
+
+
+def _check_pair(name: str, pair) -> tuple[np.ndarray, np.ndarray]:
+    """``pair`` as NumPy ``(x, y)``: numeric ``x`` with a row axis, finite, as many rows as ``y``."""
+    try:
+        x, y = (np.asarray(a) for a in pair)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an (x, y) pair of arrays; got {type(pair).__name__}") from None
+    if x.ndim < 1 or x.dtype == bool or not (np.issubdtype(x.dtype, np.number)):
+        raise TypeError(f"{name} x must be a numeric array with one row per example; got {x.dtype} {x.shape}")
+    if np.issubdtype(x.dtype, np.inexact):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            raise ValueError(f"{name} x must be finite; found {int(bad.sum())} NaN or Inf values "
+                             f"(the first in row {int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))})")
+    if y.shape[:1] != x.shape[:1]:
+        raise ValueError(f"{name} x and y must have the same number of rows; got {x.shape[0]} and "
+                         f"{y.shape[0] if y.ndim else 'a scalar'}")
+    return x, y
+
+
+def _output_struct(model, params, model_state, x_row: jax.ShapeDtypeStruct, task, name: str):
+    """The model's output shape for a batch like ``x_row``, by ``jax.eval_shape``: a model that
+    cannot take the data says so here, before anything compiles."""
+    try:
+        out, _ = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=False, key=None),
+                                params, model_state, x_row)
+    except Exception as err:  # the model's own complaint, whatever it raises
+        raise ValueError(f"{name} x of shape (n, {', '.join(map(str, x_row.shape[1:]))}) ({x_row.dtype}) does not fit "
+                         f"the model: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim < 1 or out.shape[0] != x_row.shape[0]:
+        raise ValueError(f"the model must return outputs with one row per example, (batch, ...); for a batch "
+                         f"{x_row.shape} it returned {jax.tree.map(lambda a: a.shape, out)}")
+    return out
+
+
+def _check_sets(model, task, params, model_state, sets: dict, batch_size: int) -> dict:
+    """Every ``(x, y)`` of ``sets`` checked against the first's row shape, the model and the loss."""
+    x0 = sets["train"][0]
+    checked = {}
+    for name, pair in sets.items():
+        x, y = _check_pair(name, pair)
+        if x.shape[1:] != x0.shape[1:]:
+            raise ValueError(f"{name} x rows have shape {x.shape[1:]}; the training rows have {x0.shape[1:]}")
+        checked[name] = (x, y)
+    row = jax.ShapeDtypeStruct((batch_size,) + x0.shape[1:], jnp.result_type(x0.dtype))
+    out = _output_struct(model, params, model_state, row, task, "train")
+    for name, (_, y) in checked.items():
+        if task in losses.LOSSES.values():
+            losses.check_targets(task, name, y, out)
+        else:
+            _check_custom_loss(task, name, y, out, batch_size)
+    return checked
+
+
+def _check_custom_loss(task, name, y, out, batch_size) -> None:
+    yb = jax.ShapeDtypeStruct((batch_size,) + y.shape[1:], jnp.result_type(y.dtype))
+    try:
+        value = jax.eval_shape(task.loss, out, yb)
+    except Exception as err:
+        raise ValueError(f"the loss cannot take the model's outputs {tuple(out.shape)} and {name} targets "
+                         f"{yb.shape} ({y.dtype}): {type(err).__name__}: {err}") from err
+    if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
+        raise ValueError(f"the loss must return a scalar; for outputs {tuple(out.shape)} and {name} targets "
+                         f"{yb.shape} it returned {jax.tree.map(lambda a: a.shape, value)}")
 
 
 def _check_finite(step_losses: np.ndarray, params_finite: bool, step: int, epoch: int, guarded: bool) -> None:
@@ -227,80 +316,68 @@ def _check_finite(step_losses: np.ndarray, params_finite: bool, step: int, epoch
                                  f"NaN or Inf; the state after epoch {epoch - 1} is the last good one")
 
 
-def _check_data(name: str, pair, n_in: int, n_out: int):
-    """``pair`` as NumPy arrays, checked against the model: ``x`` ``(n, n_in)`` floating, ``y``
-    integer labels in ``[0, n_out)`` or one-hot rows ``(n, n_out)``."""
-    try:
-        x, y = (np.asarray(a) for a in pair)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an (x, y) pair of arrays; got {type(pair).__name__}") from None
-    if x.ndim != 2 or x.shape[1] != n_in:
-        raise ValueError(f"{name} x must have shape (n, {n_in}) to match the model's input layer; got {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{name} x must be floating point; got {x.dtype}")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        raise ValueError(f"{name} x must be finite; found {int(bad.sum())} NaN or Inf values "
-                         f"(the first in row {int(np.argmax(bad.any(axis=1)))})")
-    if y.shape[:1] != x.shape[:1]:
-        raise ValueError(f"{name} x and y must have the same number of rows; got {x.shape[0]} and "
-                         f"{y.shape[0] if y.ndim else 'a scalar'}")
-    if np.issubdtype(y.dtype, np.integer):
-        if y.ndim != 1:
-            raise ValueError(f"{name} integer labels must have shape (n,); got {y.shape}")
-        if y.size and (y.min() < 0 or y.max() >= n_out):
-            raise ValueError(f"{name} labels must be in [0, {n_out}) for the model's {n_out} outputs; "
-                             f"found {y.min()}..{y.max()}")
-    elif y.ndim != 2 or y.shape[1] != n_out:
-        raise ValueError(f"{name} y must be integer labels (n,) or one-hot rows (n, {n_out}); "
-                         f"got {y.dtype} of shape {y.shape}")
-    return x, y
+def _mask_leaves(weight_decay_mask, params) -> tuple | None:
+    """The weight-decay mask as a flat tuple of bools (hashable: it keys the compiled programs)."""
+    if weight_decay_mask is None:
+        return None
+    mask = weight_decay_mask(params) if callable(weight_decay_mask) else weight_decay_mask
+    leaves, structure = jax.tree.flatten(mask)
+    if structure != jax.tree.structure(params):
+        raise ValueError(f"weight_decay_mask must have the structure of params; got {structure}, params have "
+                         f"{jax.tree.structure(params)}")
+    return tuple(bool(m) for m in leaves)
 
 
-def _layout(sets: dict, chunk: int, n_out: int) -> tuple[tuple, dict]:
-    """Every set in one host array of chunks, the training set first: ``((xs (k, chunk, d), ys,
+# ----------------------------------------------------------------- fit
+def _layout(sets: dict, chunk: int, task) -> tuple[tuple, dict]:
+    """Every set in one host array of chunks, the training set first: ``((xs (k, chunk, ...), ys,
     mask (k, chunk)), {name: chunk indices})``. Each set is padded with zero rows to whole chunks
     (``mask`` marks the real rows), so the training rows are the first ``len(x_train)`` of the
-    flattened array. Mixed label formats become one-hot rows (exact for integer labels)."""
-    one_hot = any(not np.issubdtype(ye.dtype, np.integer) for _, ye in sets.values())
-    x_dtype = jnp.dtype(jnp.result_type(sets["train"][0].dtype))  # float64 -> float32 unless x64
+    flattened array. Classification sets that mix integer labels and one-hot rows become one-hot
+    (exact for integer labels)."""
+    y_rows = {ye.shape[1:] for _, ye in sets.values()}
+    if len(y_rows) > 1 and task.name == "cross_entropy":
+        k = max(r[0] for r in y_rows if r)
+        sets = {name: (xe, data.one_hot(ye, k) if ye.ndim == 1 else ye) for name, (xe, ye) in sets.items()}
+    elif len(y_rows) > 1:
+        raise ValueError(f"every set's targets must have the same row shape; got {sorted(y_rows)}")
+    canon = lambda a: jnp.dtype(jnp.result_type(a.dtype))  # float64 -> float32 unless x64
+    x0, y0 = sets["train"]
     where, k = {}, 0
     for name, (xe, _) in sets.items():
         where[name] = range(k, k + max(1, -(-len(xe) // chunk)))
         k = where[name].stop
-    d = sets["train"][0].shape[1]
-    xs = np.zeros((k * chunk, d), x_dtype)  # filled in place: one host copy of the data
-    ys = np.zeros((k * chunk, n_out), x_dtype) if one_hot else np.zeros(k * chunk, np.int32)
+    xs = np.zeros((k * chunk,) + x0.shape[1:], canon(x0))  # filled in place: one host copy of the data
+    ys = np.zeros((k * chunk,) + y0.shape[1:], canon(y0) if y0.dtype != np.int64 else np.int32)
     mask = np.zeros(k * chunk, bool)
     for name, (xe, ye) in sets.items():
         rows = slice(where[name].start * chunk, where[name].start * chunk + len(xe))
-        xs[rows], mask[rows] = xe, True
-        ys[rows] = data.one_hot(ye, n_out) if one_hot and ye.ndim == 1 else ye
+        xs[rows], ys[rows], mask[rows] = xe, ye, True
     return tuple(a.reshape((k, chunk) + a.shape[1:]) for a in (xs, ys, mask)), where
 
 
 @functools.lru_cache(maxsize=32)
-def _programs(update, *, batch_size, sampling, n, activation, dropout_mode, use_dropout, use_weight_decay,
-              compute_dtype, mesh, data_axis) -> tuple[Callable, Callable]:
+def _programs(model, task, update, *, batch_size, sampling, n, use_weight_decay, mask_leaves, compute_dtype,
+              mesh, data_axis) -> tuple[Callable, Callable]:
     """The compiled epoch and evaluation-chunk programs of a configuration (cached: see the
     module docstring). Both take every set in ``fit``'s chunk layout (:func:`_layout`)."""
     sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
-    epoch = make_epoch(optim.Optimizer(None, update), batch_size=batch_size, sampling=sampling,
-                       sharding=sharding, activation=activation, dropout_mode=dropout_mode,
-                       use_dropout=use_dropout, use_weight_decay=use_weight_decay, compute_dtype=compute_dtype)
+    epoch = make_epoch(model, optim.Optimizer(None, update), batch_size=batch_size, sampling=sampling,
+                       sharding=sharding, loss=task, use_weight_decay=use_weight_decay,
+                       weight_decay_mask=mask_leaves, compute_dtype=compute_dtype)
 
     def epoch_fn(state, xs, ys, hyper):
         flat = lambda a: a.reshape((-1,) + a.shape[2:])  # (k, chunk, ...) -> (k * chunk, ...): free
         state, step_losses = epoch(state, flat(xs), flat(ys), hyper, n=n)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
+        inexact = [p for p in jax.tree.leaves(state.params) if jnp.issubdtype(p.dtype, jnp.inexact)]
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in inexact])) if inexact else jnp.bool_(True)
         return state, (step_losses, finite)
 
-    def eval_fn(params, bn_state, xs, ys, mask, i, rate):  # chunk i of fit's layout
+    def eval_fn(params, model_state, xs, ys, mask, i):  # chunk i of fit's layout
         xc, yc, mask = (jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in (xs, ys, mask))
         if sharding is not None:
             xc, yc, mask = jax.lax.with_sharding_constraint((xc, yc, mask), sharding)
-        return _chunk_sums(params, bn_state, xc, yc, mask, rate, activation=activation,
-                           dropout_mode=dropout_mode, compute_dtype=compute_dtype)
+        return _chunk_sums(model, task, params, model_state, xc, yc, mask, compute_dtype)
 
     return jax.jit(epoch_fn, donate_argnums=0), jax.jit(eval_fn)
 
@@ -329,126 +406,195 @@ def _placement(mesh, data_axis, batch_size):
     return data_axis, devices, lambda a: jax.device_put(a, replicated)
 
 
-def fit(key, params, optimizer: optim.Optimizer, train, *, epochs: int, batch_size: int = 100,
-        validation=None, test=None, activation="relu", weight_decay=0.0, drop_rate=0.0,
-        dropout_mode="inverted", sampling="epoch", state: TrainState | None = None,
-        best: TrainState | None = None, history: dict | None = None, verbose: bool = True,
-        on_epoch: Callable | None = None, mesh=None, data_axis: str | None = None,
-        compute_dtype=None) -> FitResult:
-    """Train ``params`` with ``optimizer`` on ``train = (x, y)`` for ``epochs`` epochs in total.
-
-    Args:
-      key: the run's PRNG key (batch order and dropout derive from it and the step).
-      params: initial parameters (``nn.init_mlp``); not modified.
-      optimizer: any ``(init, update)`` pair. Wrap it in ``optim.apply_if_finite`` to skip
-        updates with non-finite gradients (``history["skipped_steps"]`` counts them per epoch).
-      train, validation, test: ``(x, y)`` pairs of arrays, checked against the model: ``x``
-        ``(n, n_in)``, ``y`` integer labels in ``[0, n_out)`` or one-hot; validation and test are
-        optional.
-      epochs: total number of epochs; a resumed run continues up to it.
-      weight_decay: the book's L2 strength (loss penalty on weights only); drop_rate: dropout.
-      state, best, history: from an earlier ``fit`` (or a checkpoint) to resume.
-      verbose: print one dense line per epoch. on_epoch: ``f(epoch, result_so_far)`` after each
-        epoch (checkpointing); returning ``False`` stops training.
-      mesh, data_axis: a ``jax.sharding.Mesh`` to split each batch over the devices of its
-        ``data_axis`` (default: the mesh's only axis); ``batch_size`` must be a multiple of
-        their number. The results equal single-device training to float rounding.
-      compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision (see :func:`make_train_step`).
-
-    Raises:
-      ValueError, TypeError: data that do not fit the model, or bad settings (named).
-      FloatingPointError: a NaN or Inf loss, naming the first bad step. It is detected once per
-        epoch from the losses the scan returns (no host sync per step), before ``on_epoch``
-        runs, so a checkpoint written there never holds a diverged state.
-
-    Returns:
-      :class:`FitResult` with the last state, the best-validation state and the history.
-    """
-    if not params or "w" not in params[0]:
-        raise ValueError("params must be an MLP from nn.init_mlp (a list of layer dicts)")
-    n_in, n_out = params[0]["w"].shape[0], params[-1]["w"].shape[1]
-    x, y = _check_data("train", train, n_in, n_out)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= x.shape[0]:
-        raise ValueError(f"batch_size must be an int in [1, {x.shape[0]}] (the training set size); got {batch_size!r}")
+def _check_settings(epochs, batch_size, n, sampling, compute_dtype, weight_decay) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be an int in [1, {n}] (the training set size); got {batch_size!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int; got {epochs!r}")
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {list(SAMPLINGS)}; got {sampling!r}")
     if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
         raise TypeError(f"compute_dtype must be a floating dtype such as jnp.bfloat16; got {compute_dtype!r}")
-    hyper = _as_hyper(weight_decay, drop_rate)
-    use_dropout = not (isinstance(drop_rate, (int, float)) and drop_rate == 0)
+    if isinstance(weight_decay, (int, float)) and not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be in [0, inf); got {weight_decay}")
+
+
+def _initial_state(key, model, optimizer, params, model_state, state):
+    """The state ``fit`` starts from: ``state`` (resuming), else ``params`` (and ``model_state``,
+    else the model's initial one), else ``model.init(key)``."""
+    if state is not None:
+        if not isinstance(state, TrainState):
+            raise TypeError(f"state must be a train.TrainState (from fit or a checkpoint); got {type(state).__name__}")
+        return state
+    if params is None or model_state is None:
+        init_params, init_model_state = model.init(key)
+        params = init_params if params is None else params
+        model_state = init_model_state if model_state is None else model_state
+    return init_state(key, params, optimizer, model_state)  # eager: optimizer zeros are filled on the host
+
+
+class _Run(NamedTuple):
+    """What ``fit``'s epoch loop needs, prepared once."""
+
+    epoch_fn: Callable
+    eval_fn: Callable
+    arrays: tuple            # device: (xs, ys, mask) in the chunk layout
+    index: list              # device int32 scalars: chunk indices, uploaded once
+    where: dict              # set name -> chunk indices
+    sizes: dict              # set name -> rows
+    hyper: Hyper
+    task: losses.Task
+    guarded: bool
+    steps_per_epoch: int
+
+
+def _prepare(key, model, optimizer, loss, train, validation, test, *, params, model_state, state, epochs,
+             batch_size, weight_decay, weight_decay_mask, sampling, mesh, data_axis, compute_dtype):
+    """Checks, the initial state, the data on the device and the compiled programs."""
+    model, task = _as_model(model), losses.task(loss)
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"optimizer must be an (init, update) pair such as optim.adam(); got {type(optimizer).__name__}")
+    raw = {"train": train, **{k: v for k, v in (("val", validation), ("test", test)) if v is not None}}
+    n = len(_check_pair("train", train)[0])
+    _check_settings(epochs, batch_size, n, sampling, compute_dtype, weight_decay)
+    state = _initial_state(key, model, optimizer, params, model_state, state)
+    sets = {k: v for k, v in _check_sets(model, task, state.params, state.model_state, raw, batch_size).items()
+            if k == "train" or len(v[0])}
     data_axis, devices, put = _placement(mesh, data_axis, batch_size)
-    sets = {"train": (x, y)}
-    for name, pair in (("val", validation), ("test", test)):
-        if pair is not None and len(pair[0]):
-            sets[name] = _check_data(name, pair, n_in, n_out)
-    chunk = min(_FIT_EVAL_CHUNK, max(len(xe) for xe, _ in sets.values()))
-    chunk = -(-chunk // devices) * devices
-    host, where = _layout(sets, chunk, n_out)
+    chunk = -(-min(EVAL_CHUNK, max(len(xe) for xe, _ in sets.values())) // devices) * devices
+    host, where = _layout(sets, chunk, task)
     arrays = tuple(put(a) for a in host)  # one upload: training reads its rows, evaluation every chunk
     index = [put(np.int32(i)) for i in range(len(host[0]))]  # uploaded once: no transfer per epoch
-    del host
     epoch_fn, eval_fn = _programs(
-        optimizer.update, batch_size=batch_size, sampling=sampling, n=x.shape[0], activation=activation,
-        dropout_mode=dropout_mode, use_dropout=use_dropout,
+        model, task, optimizer.update, batch_size=batch_size, sampling=sampling, n=n,
         use_weight_decay=not (isinstance(weight_decay, (int, float)) and weight_decay == 0),
+        mask_leaves=_mask_leaves(weight_decay_mask, state.params),
         compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype), mesh=mesh, data_axis=data_axis)
-    hyper, eval_rate = jax.tree.map(put, hyper), put(hyper.drop_rate if use_dropout else np.float32(0))
-
-    if state is None:
-        state = init_state(key, params, optimizer)  # eager: optimizer zeros are filled on the host
+    wd = weight_decay.astype(jnp.float32) if isinstance(weight_decay, jax.Array) else np.float32(weight_decay)
     state = _copy(put(state) if mesh is not None else state)  # donated below: never invalidate the caller's arrays
-    guarded = isinstance(state.opt_state, optim.ApplyIfFiniteState)
+    run = _Run(epoch_fn, eval_fn, arrays, index, where, {k: len(v[0]) for k, v in sets.items()},
+               Hyper(put(wd)), task, isinstance(state.opt_state, optim.ApplyIfFiniteState), n // batch_size)
+    return run, state
+
+
+def _record(run: _Run, epoch: int, step_losses, sums: dict) -> dict:
+    """One epoch's metrics from its step losses and the summed evaluation of every set."""
+    record = {"epoch": epoch}
+    for name, parts in sums.items():
+        total = {k: sum(float(p[k]) for p in parts) for k in parts[0]}
+        for k, v in _metrics(run.task, total, run.sizes[name]).items():
+            record[f"{name}_eval_loss" if k == "loss" else f"{name}_{k}"] = float(v)
+    record["train_loss"] = float(np.nanmean(step_losses)) if run.guarded else float(step_losses.mean())
+    return record
+
+
+def _score(task, record: dict) -> float | None:
+    """Higher is better: validation accuracy for classification, minus the validation loss otherwise."""
+    if "val_eval_loss" not in record:
+        return None
+    return record["val_acc"] if task.metric == "acc" else -record["val_eval_loss"]
+
+
+def _fmt(record: dict, epoch: int, epochs: int) -> str:
+    parts = [f"epoch {epoch}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    for name in ("train", "val", "test"):
+        if f"{name}_acc" in record:
+            parts.append(f"{name} {100 * record[f'{name}_acc']:.1f}%")
+        elif f"{name}_rmse" in record:
+            parts.append(f"{name} rmse {record[f'{name}_rmse']:.4g}")
+        elif f"{name}_eval_loss" in record and name != "train":
+            parts.append(f"{name} loss {record[f'{name}_eval_loss']:.4f}")
+    parts.append(f"{record['time']:.1f}s")
+    return "  ".join(parts)
+
+
+def fit(key, model: nn.Model, optimizer: optim.Optimizer, train, *, epochs: int, batch_size: int = 100,
+        loss="cross_entropy", validation=None, test=None, params=None, model_state=None,
+        state: TrainState | None = None, best: TrainState | None = None, history: dict | None = None,
+        weight_decay=0.0, weight_decay_mask=None, sampling="epoch", verbose: bool = True,
+        on_epoch: Callable | None = None, mesh=None, data_axis: str | None = None, compute_dtype=None) -> FitResult:
+    """Train ``model`` with ``optimizer`` on ``train = (x, y)`` for ``epochs`` epochs in total.
+
+    Args:
+      key: the run's PRNG key: ``model.init(key)`` (unless ``params`` or ``state`` is given), the
+        batch order and the dropout keys derive from it.
+      model: an :class:`nn.Model` (``nn.mlp_model``, ``nn.from_flax``, ``nn.from_equinox``, your own).
+      optimizer: any ``(init, update)`` pair. Wrap it in ``optim.apply_if_finite`` to skip
+        updates with non-finite gradients (``history["skipped_steps"]`` counts them per epoch).
+      train, validation, test: ``(x, y)`` pairs, ``x`` ``(n, ...)``; checked against the model and
+        the loss before anything compiles. Validation and test are optional.
+      epochs: total number of epochs; a resumed run continues up to it.
+      loss: ``"cross_entropy"``, ``"mse"`` or a callable ``loss(outputs, y) -> scalar`` (see
+        :func:`losses.task`).
+      params, model_state: initial parameters (and model state) instead of ``model.init(key)``.
+      state, best, history: from an earlier ``fit`` (or a checkpoint) to resume.
+      weight_decay, weight_decay_mask: the book's L2 strength and which leaves it touches.
+      verbose: one dense line per epoch. on_epoch: ``f(epoch, result_so_far)`` after each epoch
+        (checkpointing); returning ``False`` stops training.
+      mesh, data_axis: a ``jax.sharding.Mesh`` to split each batch over the devices of its
+        ``data_axis``; ``batch_size`` must be a multiple of their number.
+      compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision.
+
+    Raises:
+      ValueError, TypeError: data that do not fit the model or the loss, or bad settings (named).
+      FloatingPointError: a NaN or Inf loss, naming the first bad step, detected once per epoch
+        before ``on_epoch`` runs, so a checkpoint written there never holds a diverged state.
+
+    Returns:
+      :class:`FitResult` with the last state, the best-validation state and the history.
+    """
+    run, state = _prepare(key, model, optimizer, loss, train, validation, test, params=params,
+                          model_state=model_state, state=state, epochs=epochs, batch_size=batch_size,
+                          weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, sampling=sampling,
+                          mesh=mesh, data_axis=data_axis, compute_dtype=compute_dtype)
     history = {k: list(v) for k, v in (history or {}).items()}
-    steps_per_epoch = x.shape[0] // batch_size
-    step, skipped = jax.device_get((state.step, state.opt_state.total_notfinite if guarded else 0))
-    done = int(step) // steps_per_epoch
-    best_acc = max(history.get("val_acc", [-1.0]), default=-1.0)
-    if done < epochs:  # compile both programs first (cached): a compile beside a running epoch is slower
-        epoch_fn.lower(state, arrays[0], arrays[1], hyper).compile()
-        eval_fn.lower(state.params, state.bn_state, *arrays, index[0], eval_rate).compile()
-    for epoch in range(done + 1, epochs + 1):
+    step, skipped = (int(v) for v in jax.device_get(
+        (state.step, state.opt_state.total_notfinite if run.guarded else 0)))
+    scores = [s for s in (_score(run.task, {k: v[i] for k, v in history.items()})
+                          for i in range(len(history.get("epoch", [])))) if s is not None]
+    best_score = max(scores, default=-math.inf)
+    if step // run.steps_per_epoch < epochs:  # compile both programs first (cached): faster than beside an epoch
+        run.epoch_fn.lower(state, run.arrays[0], run.arrays[1], run.hyper).compile()
+        run.eval_fn.lower(state.params, state.model_state, *run.arrays, run.index[0]).compile()
+    for epoch in range(step // run.steps_per_epoch + 1, epochs + 1):
         start = time.perf_counter()
-        state, (step_losses, params_finite) = epoch_fn(state, arrays[0], arrays[1], hyper)
-        sums = {name: [eval_fn(state.params, state.bn_state, *arrays, index[i], eval_rate) for i in chunks]
-                for name, chunks in where.items()}
-        extra = state.opt_state.total_notfinite if guarded else 0
+        state, (step_losses, params_finite) = run.epoch_fn(state, run.arrays[0], run.arrays[1], run.hyper)
+        sums = {name: [run.eval_fn(state.params, state.model_state, *run.arrays, run.index[i]) for i in chunks]
+                for name, chunks in run.where.items()}
+        extra = state.opt_state.total_notfinite if run.guarded else 0
         # the epoch's one sync (explicit: fit runs under jax.transfer_guard("disallow"), tested)
         step_losses, params_finite, sums, extra, step = jax.device_get(
             (step_losses, params_finite, sums, extra, state.step))
-        record = {"epoch": epoch}
-        for name, parts in sums.items():
-            n = len(sets[name][0])
-            record[f"{name}_eval_loss"] = float(sum(float(p[0]) for p in parts) / n)
-            record[f"{name}_acc"] = float(sum(int(p[1]) for p in parts) / n)
-        _check_finite(step_losses, bool(params_finite), int(step), epoch, guarded)
-        record["train_loss"] = float(np.nanmean(step_losses)) if guarded else float(step_losses.mean())
-        if guarded:
+        _check_finite(step_losses, bool(params_finite), int(step), epoch, run.guarded)
+        record = _record(run, epoch, step_losses, sums)
+        if run.guarded:
             record["skipped_steps"], skipped = int(extra) - skipped, int(extra)
         record["time"] = time.perf_counter() - start
         history.setdefault("step_loss", []).extend(step_losses.tolist())
         for k, v in record.items():
             history.setdefault(k, []).append(v)
-        if "val_acc" in record and (best is None or record["val_acc"] > best_acc):
-            best_acc, best = record["val_acc"], _copy(state)  # copy: state is donated next
+        score = _score(run.task, record)
+        if score is not None and (best is None or score > best_score):
+            best_score, best = score, _copy(state)  # copy: state is donated next
         if verbose:
             print(_fmt(record, epoch, epochs), flush=True)
-        if on_epoch is not None and on_epoch(epoch, FitResult(state, best if "val" in sets else state, history)) is False:
+        if on_epoch is not None and on_epoch(epoch, FitResult(state, best if "val" in run.where else state,
+                                                              history)) is False:
             break
-    if best is None or "val" not in sets:
+    if best is None or "val" not in run.where:
         best = state
     return FitResult(state, best, {k: np.asarray(v) for k, v in history.items()})
 
 
-def run_steps(optimizer: optim.Optimizer, params, x, y, batch_idx, *, key=None, activation="relu") -> tuple:
+def run_steps(model: nn.Model, optimizer: optim.Optimizer, params, model_state, x, y, batch_idx, *, key=None,
+              loss="cross_entropy") -> tuple:
     """Train on the given batches: ``batch_idx`` ``(steps, batch)`` indexes ``x`` and ``y``.
 
     One ``lax.scan`` over the rows of ``batch_idx``; returns ``(final TrainState, step losses)``.
     The optimizer comparison uses it to give every optimizer the very same batches.
     """
-    step = make_train_step(optimizer, activation=activation, use_weight_decay=False)
-    state = init_state(jax.random.key(0) if key is None else key, params, optimizer)
+    step = make_train_step(model, optimizer, loss=loss, use_weight_decay=False)
+    state = init_state(jax.random.key(0) if key is None else key, params, optimizer, model_state)
 
     def body(state, idx):
         return step(state, jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0), Hyper())
