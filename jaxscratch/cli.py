@@ -132,7 +132,7 @@ def _user_model(spec: str, input_shape: tuple, outputs: int, *, sha256=None, deb
     if sha256 is not None and digest != sha256:
         raise UsageError(f"the model file {path} changed since the run was trained (SHA-256 {sha256[:12]}..., now "
                          f"{digest[:12]}...); restore that version of the file or train a new run")
-    name = f"_jaxscratch_model_{digest[:16]}"
+    name = "_jaxscratch_model_" + hashlib.sha256(f"{path}\0{digest}".encode()).hexdigest()[:16]  # file and content
     try:
         module = sys.modules.get(name)
         if module is None:

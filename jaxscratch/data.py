@@ -248,8 +248,10 @@ def _npz_labels(y, key, path) -> tuple[np.ndarray, int]:
     if y.ndim == 2 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
         return y.argmax(axis=1), y.shape[1]
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        hint = "; regression targets: load with targets='values' (jaxscratch train --loss mse)" \
+            if np.issubdtype(y.dtype, np.floating) else ""
         raise DataError(f"{path}: {key} must be integer labels (n,) or one-hot rows (n, classes); "
-                        f"found {y.dtype} {y.shape}")
+                        f"found {y.dtype} {y.shape}{hint}")
     if y.size and y.min() < 0:
         raise DataError(f"{path}: {key} must be non-negative; found a label {y.min()}")
     return y, int(y.max()) + 1 if y.size else 0

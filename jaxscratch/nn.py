@@ -1,6 +1,13 @@
-"""Multi-layer perceptrons as pure functions over pytrees.
+"""Models as pure functions over pytrees: the :class:`Model` contract, the book's MLP, adapters.
 
 Contract:
+  * A model is ``Model(init, apply)``: ``init(key) -> (params, state)`` and ``apply(params,
+    state, x, *, train, key=None) -> (outputs, new_state)``. ``params`` are trained; ``state``
+    holds what changes without being trained (batch-norm statistics; an empty pytree when
+    none). Training code (``train``, ``sweep``, the command) sees only this pair.
+  * ``mlp_model(sizes, ...)`` is the book's network as a Model, built from the functions below;
+    ``from_flax(module, example_x)`` and ``from_equinox(module)`` wrap flax linen and equinox
+    modules (``_adapters``; each imports its library only when called).
   * ``init_mlp(key, sizes, *, weight_init="he")`` returns ``params``: a list with one
     dict per affine layer, ``{"w": (n_in, n_out), "b": (n_out,)}``. Biases start at zero;
     weights are ``scale * normal`` with the textbook's scales (He ``sqrt(2 / n_in)``,
@@ -37,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["ACTIVATIONS", "DROPOUT_MODES", "Model", "apply", "batch_norm", "dropout", "init_bn_state",
-           "init_mlp", "mlp", "mlp_model", "weight_scale", "weights_mask"]
+           "from_equinox", "from_flax", "init_mlp", "mlp", "mlp_model", "weight_scale", "weights_mask"]
 
 DROPOUT_MODES = ("inverted", "textbook")
 
@@ -315,7 +322,8 @@ def mlp_model(sizes: Sequence[int], *, activation: str = "relu", weight_init="he
     """The book's ``MultiLayerNetExtend`` as a :class:`Model`.
 
     ``init(key)`` is ``(init_mlp(key, sizes, ...), init_bn_state(params))``; ``apply`` is
-    :func:`apply` with dropout keyed by ``key`` in training. ``weight_init`` and ``drop_rate``
+    :func:`apply` with dropout keyed by ``key`` in training, on inputs ``(batch, n_in)`` (or
+    ``(batch, ...)``, flattened). ``weight_init`` and ``drop_rate``
     may be traced scalars (a sweep's model factory): a traced ``weight_init`` is the weights'
     standard deviation (unit normals times it). Called twice with the same concrete arguments
     it returns the same object, so ``train.fit``'s compiled programs are reused.
@@ -348,6 +356,8 @@ def _mlp_model(sizes, activation, weight_init, batchnorm, drop_rate, dropout_mod
         return params, init_bn_state(params)
 
     def apply_fn(params, state, x, *, train: bool, key=None):
+        if jnp.ndim(x) > 2:  # images (batch, ...) -> (batch, features)
+            x = jnp.reshape(x, (jnp.shape(x)[0], -1))
         return apply(params, x, state=state, train=train, key=key, activation=activation,
                      drop_rate=drop_rate, dropout_mode=dropout_mode)
 
@@ -368,3 +378,7 @@ def weights_mask(params):
         return isinstance(last, jax.tree_util.DictKey) and last.key == "w"
 
     return jax.tree_util.tree_map_with_path(is_weight, params)
+
+
+# Adapters for flax linen and equinox modules; they import their library only when called.
+from jaxscratch._adapters import from_equinox, from_flax  # noqa: E402 (needs Model, defined above)
