@@ -147,6 +147,10 @@ def _check_spec(spec: Spec, hparams: dict) -> None:
     for name in hparams:
         if name not in valid:
             raise ValueError(f"cannot sweep {name!r} with {spec.optimizer} and this model; valid names: {sorted(valid)}")
+    clash = (accepted | {"weight_decay"}) & _model_hparams(spec) if spec.model is not None else set()
+    if clash:
+        raise ValueError(f"the model factory's parameters {sorted(clash)} are also {spec.optimizer}'s or the "
+                         f"training's hyperparameters; rename them in the factory")
     if spec.model is not None and not isinstance(spec.model, nn.Model):
         missing = {n for n, p in inspect.signature(spec.model).parameters.items()
                    if p.default is inspect.Parameter.empty} - set(hparams)

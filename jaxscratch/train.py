@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -228,11 +229,14 @@ def evaluate(model: nn.Model, params, model_state, x, y, *, loss="cross_entropy"
 def _as_model(model) -> nn.Model:
     if isinstance(model, nn.Model):
         return model
-    kind = type(model).__module__.split(".")[0]
-    hint = {"flax": "wrap a flax linen module with nn.from_flax(module, example_x)",
-            "equinox": "wrap an equinox module with nn.from_equinox(module)"}.get(
-        kind, "build one with nn.mlp_model(sizes), nn.from_flax(...), nn.from_equinox(...) or nn.Model(init, apply); "
-              "initial parameters go in params=")
+    linen, eqx = sys.modules.get("flax.linen"), sys.modules.get("equinox")  # loaded only if the user did
+    if linen is not None and isinstance(model, linen.Module):
+        hint = "wrap a flax linen module with nn.from_flax(module, example_x)"
+    elif eqx is not None and isinstance(model, eqx.Module):
+        hint = "wrap an equinox module with nn.from_equinox(module)"
+    else:
+        hint = ("build one with nn.mlp_model(sizes), nn.from_flax(...), nn.from_equinox(...) or nn.Model(init, apply); "
+                "initial parameters go in params=")
     raise TypeError(f"model must be an nn.Model(init, apply); got {type(model).__name__} ({hint})")
 
 

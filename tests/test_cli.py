@@ -150,7 +150,8 @@ def test_stored_configuration_is_checked(default_run, tmp_path, capsys):
 
 def _template_like(meta):
     cfg = meta["config"]
-    _, template = cli._template(cfg, meta["sizes"], cli.build_optimizer(cfg, 1))
+    model, _ = cli._model(cfg, meta["sizes"], meta.get("input_shape") or meta["sizes"][:1])
+    template = cli._template(cfg, model, cli.build_optimizer(cfg, 1))
     return {"state": template, "best": template}
 
 
