@@ -133,6 +133,7 @@ def _user_model(spec: str, input_shape: tuple, outputs: int, *, sha256=None, deb
         raise UsageError(f"the model file {path} changed since the run was trained (SHA-256 {sha256[:12]}..., now "
                          f"{digest[:12]}...); restore that version of the file or train a new run")
     name = "_jaxscratch_model_" + hashlib.sha256(f"{path}\0{digest}".encode()).hexdigest()[:16]  # file and content
+    stage = "while it was imported"
     try:
         module = sys.modules.get(name)
         if module is None:
@@ -148,26 +149,27 @@ def _user_model(spec: str, input_shape: tuple, outputs: int, *, sha256=None, deb
             found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
                            and getattr(v, "__module__", None) == name)
             raise UsageError(f"the model file {path} has no function {func!r}; it defines {', '.join(found) or 'none'}")
+        stage = f"in {func}{input_shape, outputs}"
         model = getattr(module, func)(input_shape, outputs)
     except UsageError:
         raise
     except Exception as err:  # anything the user's code raises, SyntaxError included
         if debug:
             traceback.print_exception(err, file=sys.stderr)
-        raise UsageError(_user_error(path, func, err, debug)) from None
+        raise UsageError(_user_error(path, stage, err, debug)) from None
     if not isinstance(model, nn.Model):
         raise UsageError(f"{func}() in the model file {path} must return an nn.Model (nn.mlp_model, nn.from_flax, "
                          f"nn.from_equinox or nn.Model(init, apply)); it returned {type(model).__name__}")
     return model, digest
 
 
-def _user_error(path, func, err, debug) -> str:
+def _user_error(path, stage, err, debug) -> str:
     line = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else next(
         (f.lineno for f in reversed(traceback.extract_tb(err.__traceback__)) if f.filename == path), None)
     where = f" at line {line}" if line else ""
     text = str(err).splitlines()[0] if str(err) else ""
     hint = "" if debug else "; pass --debug for its traceback"
-    return f"the model file {path} failed{where} (building {func}): {type(err).__name__}: {text}{hint}"
+    return f"the model file {path} failed{where} {stage}: {type(err).__name__}: {text}{hint}"
 
 
 # ----------------------------------------------------------------- files

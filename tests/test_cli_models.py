@@ -121,7 +121,7 @@ def test_a_changed_model_file_is_refused(tmp_path, model_file, capsys):
 
 
 @pytest.mark.parametrize("function, message", [
-    ("broken", "failed at line 27 (building broken): IndexError: list index out of range; pass --debug"),
+    ("broken", "failed at line 27 in broken((1, 8, 8), 10): IndexError: list index out of range; pass --debug"),
     ("missing", "has no function 'missing'; it defines broken, linear, mlp_with_dropout, not_a_model"),
     ("not_a_model", "must return an nn.Model"),
 ])

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxscratch import checkpoint, cli, data  # noqa: E402
+from jaxscratch import checkpoint, cli, data, nn, optim, train  # noqa: E402
 
 TINY = "--epochs 2 --hidden 8 --batch-size 128 --quiet"  # a finished run in a second or two
 
@@ -65,9 +65,9 @@ class Result(NamedTuple):
     left: tuple            # files and folders created or changed
 
 
-F, D, N, C, S, I, P = ("Flags", "Data files (IDX, through `--dataset-dir`)", "Your own .npz data set",
-                       "Run folders and checkpoints", "Downloads", "Interruptions and divergence",
-                       "Python API")
+F, D, N, M, C, S, I, P = ("Flags", "Data files (IDX, through `--dataset-dir`)", "Your own .npz data set",
+                          "Your own model and loss (`--model`, `--loss`)", "Run folders and checkpoints", "Downloads",
+                          "Interruptions and divergence", "Python API")
 CASES = [
     Case(F, "unknown subcommand", "fit"),
     Case(F, "unknown flag", "train --epohcs 3"),
@@ -138,6 +138,19 @@ CASES = [
     Case(N, "integer images outside 0..255", "train --dataset npz/big-ints.npz"),
     Case(N, "no training samples", "train --dataset npz/empty.npz"),
     Case(N, "pickled (object) arrays: refused, never unpickled", "train --dataset npz/pickle.npz"),
+    Case(M, "--model without :FUNCTION", "train --model models/good.py"),
+    Case(M, "--model file does not exist", "train --model nowhere.py:make"),
+    Case(M, "--model function not in the file", "train --model models/good.py:make_cnn"),
+    Case(M, "--model file that raises while it is imported", "train --model models/raises.py:make"),
+    Case(M, "--model file with a syntax error", "train --model models/syntax.py:make"),
+    Case(M, "--model function that does not return a Model", "train --model models/good.py:not_a_model"),
+    Case(M, "--model whose network does not fit the data", "train --model models/good.py:wrong_input --out x"),
+    Case(M, "an MLP flag with --model", "train --model models/good.py:make --hidden 10"),
+    Case(M, "evaluate after the model file changed", "evaluate run-model"),
+    Case(M, "--resume after the model file changed", "train --out run-model --resume --epochs 3"),
+    Case(M, "unknown loss", "train --loss hinge"),
+    Case(M, "--loss mse on a data set of class labels", "train --loss mse"),
+    Case(M, "--loss mse with non-finite targets", "train --loss mse --dataset npz/nan-targets.npz"),
     Case(C, "no finished run in the folder", "evaluate nowhere"),
     Case(C, "checkpoint with a flipped byte", "evaluate ckpt/flipped-byte"),
     Case(C, "checkpoint with an array changed, zip CRCs valid", "evaluate ckpt/changed-array"),
@@ -178,6 +191,21 @@ CASES = [
     Case(P, "restore into a model of another shape",
          "python: checkpoint.restore('run/best.npz', like={'w': jnp.zeros((64, 9))})"),
     Case(P, "load_npz: pickled arrays", "python: data.load_npz('npz/pickle.npz')"),
+    Case(P, "fit: parameters where the model goes",
+         "python: train.fit(jax.random.key(0), nn.init_mlp(jax.random.key(0), (3, 2)), optim.sgd(), "
+         "(np.zeros((4, 3), np.float32), np.zeros(4, np.int32)), epochs=1)"),
+    Case(P, "fit: float targets with cross-entropy",
+         "python: train.fit(jax.random.key(0), nn.mlp_model((3, 1)), optim.sgd(), "
+         "(np.zeros((4, 3), np.float32), np.ones((4, 1), np.float32)), epochs=1)"),
+    Case(P, "fit: a label beyond the model's outputs",
+         "python: train.fit(jax.random.key(0), nn.mlp_model((3, 2)), optim.sgd(), "
+         "(np.zeros((4, 3), np.float32), np.array([0, 1, 2, 1])), epochs=1)"),
+    Case(P, "fit: mse targets of another shape than the outputs",
+         "python: train.fit(jax.random.key(0), nn.mlp_model((3, 2)), optim.sgd(), "
+         "(np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32)), epochs=1, loss='mse')"),
+    Case(P, "fit: inputs the model cannot take",
+         "python: train.fit(jax.random.key(0), nn.mlp_model((5, 2)), optim.sgd(), "
+         "(np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1])), epochs=1)"),
 ]
 
 
@@ -232,11 +260,42 @@ def _npz_files(root: Path) -> None:
         "shape-mismatch": {"x_test": np.zeros((2, 5))}, "nan": {"x_train": np.where(y[:, None] == 2, np.nan, x)},
         "big-ints": {"x_train": np.full((4, 3), 300)}, "empty": {"x_train": x[:0], "y_train": y[:0]},
         "pickle": {"x_train": np.array([{"a": 1}] * 4, dtype=object)},
+        "nan-targets": {"y_train": np.array([0.5, np.nan, 1.0, 2.0], np.float32)},
     }
     for name, change in bad.items():
         arrays = {k: v for k, v in {**good, **change}.items() if v is not None}
         np.savez(folder / f"{name}.npz", **arrays)
     (folder / "text.npz").write_text("x_train,y_train\n0,1\n")
+
+
+MODEL_FILE = """
+import math
+from jaxscratch import nn
+
+
+def make(input_shape, outputs):
+    return nn.mlp_model((math.prod(input_shape), 8, outputs))
+
+
+def wrong_input(input_shape, outputs):
+    return nn.mlp_model((math.prod(input_shape) + 1, 8, outputs))
+
+
+def not_a_model(input_shape, outputs):
+    return "a model"
+"""
+
+
+def _model_files(root: Path) -> None:
+    """Model files, and a run of one whose file then changes."""
+    folder = root / "models"
+    folder.mkdir()
+    (folder / "good.py").write_text(MODEL_FILE)
+    (folder / "raises.py").write_text("import math\nWIDTH = math.sqrt(-1)\n")
+    (folder / "syntax.py").write_text("def make(input_shape, outputs):\n    return nn.mlp_model((\n")
+    (folder / "changing.py").write_text(MODEL_FILE)
+    assert cli.main(shlex.split(f"train --out run-model --model models/changing.py:make --epochs 2 --quiet")) == 0
+    (folder / "changing.py").write_text(MODEL_FILE + "\n# edited after training\n")
 
 
 def _run_folders(root: Path) -> None:
@@ -318,6 +377,7 @@ def setup(root: Path) -> None:
     _inputs(root)
     (root / "notes.txt").write_text("not a folder\n")
     _run_folders(root)
+    _model_files(root)
 
 
 # ---------------------------------------------------------------- a local server
@@ -412,7 +472,8 @@ def _run_one(case: Case, urls: dict) -> tuple[str, str]:
     how = _fill(case.how, urls)
     if how.startswith("python: "):
         try:
-            eval(how.removeprefix("python: "), {"data": data, "checkpoint": checkpoint, "jnp": jnp, "np": np})
+            eval(how.removeprefix("python: "), {"data": data, "checkpoint": checkpoint, "jnp": jnp, "np": np,
+                                                "jax": jax, "nn": nn, "optim": optim, "train": train})
         except Exception as err:  # noqa: BLE001: the point is to show what a user would see
             return type(err).__name__, str(err)
         return "no error", ""
