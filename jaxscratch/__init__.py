@@ -1,14 +1,15 @@
 """jaxscratch: a pure-functional JAX training library for *Deep Learning from Scratch*.
 
 Modules (imports point one way, downward): ``cli`` (its flags in ``_flags``) -> ``sweep``
-(vmapped trials) -> ``train`` (+ ``checkpoint``) -> ``nn``, ``losses``, ``optim`` (optimizers
+(vmapped trials) -> ``train`` (+ ``checkpoint``) -> ``nn`` (the ``Model(init, apply)`` contract,
+the book's MLP; flax and equinox adapters in ``_adapters``), ``losses``, ``optim`` (optimizers
 as ``(init, update)`` pairs; their interface and wrappers in ``_transforms``), ``schedules``,
 ``data`` (IDX files and downloads in ``_idx``); ``gradcheck`` (numerical gradients) and
 ``landscapes`` (2-D test functions, optimizer paths) sit beside ``train``; ``plot``
 (matplotlib) is imported only on demand; ``compile_cache`` (compiled programs on disk, enabled
 by the command line only) stands alone.
 """
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 from jaxscratch import checkpoint, compile_cache, data, gradcheck, landscapes, losses, nn, optim, schedules, sweep, train
 
