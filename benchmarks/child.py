@@ -219,7 +219,7 @@ def fit(arg):
     epochs, _, data_dir = arg.split(":", 2)
     ds = data.load_fashion_mnist(data_dir or None)
     xt, yt, xv, yv = data.train_val_split(ds.x_train, ds.y_train, 0.1, seed=0)
-    params = nn.init_mlp(jax.random.key(0), (784, 100, 100, 10))
+    model = nn.mlp_model((784, 100, 100, 10))  # model.init(key) is nn.init_mlp(key, sizes): the cli's weights
     seconds, programs = [0.0], {}
 
     def on_duration(event, duration, fun_name="?", **_):
@@ -229,7 +229,7 @@ def fit(arg):
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     start = time.perf_counter()
-    res = train.fit(jax.random.key(0), params, optim.adam(), (xt, yt), epochs=int(epochs), batch_size=100,
+    res = train.fit(jax.random.key(0), model, optim.adam(), (xt, yt), epochs=int(epochs), batch_size=100,
                     validation=(xv, yv), test=(ds.x_test, ds.y_test), verbose=False)
     return {"compile_in_fit": seconds[0], "fit_s": time.perf_counter() - start,
             "epoch_times": np.asarray(res.history["time"]).tolist(),

@@ -106,13 +106,16 @@ def step(ds, cfg, peaks) -> dict:
     x, y, batches = jnp.asarray(x_np), jnp.asarray(y_np), jnp.asarray(batches_np)
     x_f64 = x_np.astype(np.float64)
     adam = optim.adam()
+    model, model_state = nn.mlp_model(STEP_SIZES), nn.init_bn_state(params)  # ReLU, no batch norm
 
-    js_run = jax.jit(lambda p, x, y, b: train.run_steps(adam, p, x, y, b))
-    js_book = jax.jit(lambda p, x, y, b: train.run_steps(optim.adam(fold_bias_correction=True), p, x, y, b))
-    epoch = jax.jit(train.make_epoch(adam, batch_size=B, use_weight_decay=False), donate_argnums=0)  # as fit with wd 0
+    js_run = jax.jit(lambda p, x, y, b: train.run_steps(model, adam, p, model_state, x, y, b))
+    js_book = jax.jit(lambda p, x, y, b: train.run_steps(model, optim.adam(fold_bias_correction=True), p, model_state,
+                                                         x, y, b))
+    epoch = jax.jit(train.make_epoch(model, adam, batch_size=B, use_weight_decay=False),  # as fit with wd 0
+                    donate_argnums=0)
     K_ep = min(K, len(x_np) // B)  # make_epoch runs len(x) // B steps: K of them if the data allow
     x_ep, y_ep = x[:K_ep * B], y[:K_ep * B]
-    state0 = train.init_state(jax.random.key(1), params, adam)
+    state0 = train.init_state(jax.random.key(1), params, adam, model_state)
     ox_scan = optax_peer.scan_runner(optax_peer.OPTIMIZERS["adam"]())
     ox_loop = optax_peer.loop_runner(optax_peer.OPTIMIZERS["adam"]())[0]
     floor, ws = _matmul_floor(x, batches)
@@ -151,7 +154,8 @@ def step(ds, cfg, peaks) -> dict:
     np_adam = numpy_peer.run_steps(numpy_peer.MultiLayerNet(params_np), numpy_peer.Adam(), x_np, y_np, sub)
     np64_adam = numpy_peer.run_steps(numpy_peer.MultiLayerNet(params_np, dtype=np.float64), numpy_peer.Adam(), x_f64,
                                      y_np, sub)
-    js_sgd = np.asarray(jax.jit(lambda p, x, y, b: train.run_steps(optim.sgd(), p, x, y, b))(params, x, y, batches[:n_check])[1])
+    js_sgd = np.asarray(jax.jit(lambda p, x, y, b: train.run_steps(model, optim.sgd(), p, model_state, x, y, b))(
+        params, x, y, batches[:n_check])[1])
     ox_sgd = np.asarray(optax_peer.scan_runner(optax_peer.OPTIMIZERS["sgd"]())(params, x, y, batches[:n_check])[1])
     np_sgd = numpy_peer.run_steps(numpy_peer.MultiLayerNet(params_np), numpy_peer.SGD(), x_np, y_np, sub)
     ox_scan_l, ox_loop_l = ox_scan(params, x, y, batches)[1], ox_loop(params, x, y, batches_np)[1]

@@ -61,8 +61,10 @@ def load(args) -> data.Dataset:
 def compare(ds: data.Dataset, names, iterations: int) -> dict:
     """name -> (step losses, test accuracy, seconds), every optimizer from the same start."""
     key_init, key_batches = jax.random.split(jax.random.key(SEED))
-    params = nn.init_mlp(key_init, (ds.x_train.shape[1], *HIDDEN, ds.num_classes), weight_init="he")
-    evaluate = jax.jit(lambda p, x, y: train.evaluate(p, [None] * len(p), x, y))
+    sizes = (ds.x_train.shape[1], *HIDDEN, ds.num_classes)
+    params = nn.init_mlp(key_init, sizes, weight_init="he")
+    model = nn.mlp_model(sizes)  # compare_optimizers' default model for these params: ReLU, no batch norm
+    evaluate = jax.jit(lambda p, s, x, y: train.evaluate(model, p, s, x, y))
     results = {}
     for name in names:
         start = time.perf_counter()
@@ -70,7 +72,7 @@ def compare(ds: data.Dataset, names, iterations: int) -> dict:
         state, losses = sweep.compare_optimizers(key_batches, {name: optim.OPTIMIZERS[name]()}, params,
                                                  ds.x_train, ds.y_train, iterations=iterations,
                                                  batch_size=BATCH_SIZE)[name]
-        _, acc = evaluate(state.params, ds.x_test, ds.y_test)
+        acc = evaluate(state.params, state.model_state, ds.x_test, ds.y_test)["acc"]
         results[name] = (losses, float(acc), time.perf_counter() - start)
     return results
 

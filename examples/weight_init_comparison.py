@@ -60,7 +60,8 @@ def compare(ds: data.Dataset, iterations: int) -> dict:
     """label -> (step losses, test accuracy, seconds) for each init, same batches."""
     key_init, key_batches = jax.random.split(jax.random.key(SEED))
     sizes = (ds.x_train.shape[1], *HIDDEN, ds.num_classes)
-    evaluate = jax.jit(lambda p, x, y: train.evaluate(p, [None] * len(p), x, y))
+    model = nn.mlp_model(sizes)  # compare_optimizers' default model for these params: ReLU, no batch norm
+    evaluate = jax.jit(lambda p, s, x, y: train.evaluate(model, p, s, x, y))
     results = {}
     for label, weight_init in INITS.items():
         start = time.perf_counter()
@@ -69,7 +70,7 @@ def compare(ds: data.Dataset, iterations: int) -> dict:
         state, losses = sweep.compare_optimizers(key_batches, {"sgd": optim.sgd(LEARNING_RATE)}, params,
                                                  ds.x_train, ds.y_train, iterations=iterations,
                                                  batch_size=BATCH_SIZE)["sgd"]
-        _, acc = evaluate(state.params, ds.x_test, ds.y_test)
+        acc = evaluate(state.params, state.model_state, ds.x_test, ds.y_test)["acc"]
         results[label] = (losses, float(acc), time.perf_counter() - start)
     return results
 

@@ -356,6 +356,9 @@ def _mlp_model(sizes, activation, weight_init, batchnorm, drop_rate, dropout_mod
         return params, init_bn_state(params)
 
     def apply_fn(params, state, x, *, train: bool, key=None):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):  # raw pixels or ids: never silently
+            raise TypeError(f"the MLP takes floating-point inputs; got {jnp.result_type(x)} (scale images to "
+                            f"floats in [0, 1] first)")
         if jnp.ndim(x) > 2:  # images (batch, ...) -> (batch, features)
             x = jnp.reshape(x, (jnp.shape(x)[0], -1))
         return apply(params, x, state=state, train=train, key=key, activation=activation,

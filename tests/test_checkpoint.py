@@ -175,6 +175,44 @@ def test_same_tree_same_bytes_and_a_plain_npz(tmp_path, state):
         np.testing.assert_array_equal(npz[f"leaf_{w_index:05d}"], state["params"][0]["w"])
 
 
+def test_a_0_4_train_state_restores_into_model_state(tmp_path, key):
+    """jaxscratch 0.4's TrainState called the model state ``bn_state``; such checkpoints restore
+    into today's ``model_state``, leaf for leaf, and other fields are not renamed."""
+    from typing import Any, NamedTuple
+
+    from jaxscratch import nn, train
+
+    class OldTrainState(NamedTuple):  # 0.4's fields, in 0.4's order
+        params: Any
+        opt_state: Any
+        bn_state: Any
+        key: Any
+        step: Any
+
+    params = nn.init_mlp(key, (4, 3, 2), batchnorm=True)
+    bn = jax.tree.map(lambda a: a + 0.25, nn.init_bn_state(params))
+    assert jax.tree.leaves(bn)  # there are statistics to carry over
+    opt = optim.momentum(0.1)
+    old = OldTrainState(params, opt.init(params), bn, jax.random.key(1), jnp.int32(9))
+    path = tmp_path / "v04.npz"
+    checkpoint.save(path, old)
+    restored = checkpoint.restore(path, train.init_state(key, params, opt, nn.init_bn_state(params)))
+    assert isinstance(restored, train.TrainState)
+    assert_bit_identical(restored.model_state, bn)
+    assert_bit_identical(restored.params, params)
+    assert int(restored.step) == 9
+    # only that rename is forgiven: another field name still fails, naming the path
+    class OtherState(NamedTuple):
+        params: Any
+        opt_state: Any
+        bn_stats: Any
+        key: Any
+        step: Any
+
+    with pytest.raises(CheckpointError, match=r"the model expects \.bn_stats\[0\]"):
+        checkpoint.restore(path, OtherState(*old))
+
+
 # ---------------------------------------------------------------- templates that do not fit
 def test_wrong_shape_names_the_leaf(ckpt, state):
     state["params"][0]["w"] = jnp.zeros((4, 5))

@@ -565,15 +565,25 @@ def test_train_val_split():
         data.train_val_split(x, y[:-1], 0.1)
 
 
-def test_kfold_indices_cover_each_sample_once():
+def test_kfold_indices_equal_folds_and_leftover_always_trained():
+    """23 samples, 5 folds: validation folds of 23 // 5 = 4; the 3 left over are in every
+    training set and never validated; every other sample is validated exactly once."""
     folds = data.kfold_indices(23, 5, seed=1)
     assert len(folds) == 5
     val = np.concatenate([v for _, v in folds])
-    np.testing.assert_array_equal(np.sort(val), np.arange(23))
+    assert len(val) == 20 and len(np.unique(val)) == 20  # each validated sample exactly once
+    leftover = np.setdiff1d(np.arange(23), val)
+    assert len(leftover) == 23 % 5
     for train, v in folds:
-        assert len(np.intersect1d(train, v)) == 0 and len(train) + len(v) == 23
-        assert len(v) in (4, 5)
+        assert len(v) == 4 and len(train) == 19  # equal sizes: the folds can be stacked and vmapped
+        assert np.array_equal(train, np.sort(train)) and np.array_equal(v, np.sort(v))
+        assert len(np.intersect1d(train, v)) == 0
+        np.testing.assert_array_equal(np.union1d(train, v), np.arange(23))  # nothing dropped
+        assert set(leftover) <= set(train)  # trained on in every fold
     assert not np.array_equal(folds[0][1], data.kfold_indices(23, 5, seed=2)[0][1])
+    # k divides n: no leftover, every sample validated once
+    even = data.kfold_indices(20, 5, seed=1)
+    np.testing.assert_array_equal(np.sort(np.concatenate([v for _, v in even])), np.arange(20))
     for n, k in ((10, 1), (10, 11), (10, 2.0)):
         with pytest.raises(ValueError, match="k must be an int in"):
             data.kfold_indices(n, k)

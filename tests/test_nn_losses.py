@@ -204,3 +204,199 @@ def test_ten_line_training_script_learns(key):
     for _ in range(500):
         params, state = step(params, state)
     assert float(losses.accuracy(nn.mlp(params, x), y)) >= 0.95
+
+
+# ----------------------------------------------------------- nn.mlp_model
+def _assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_mlp_model_equals_init_mlp_and_apply(key, batchnorm):
+    sizes = (6, 5, 4, 3)
+    model = nn.mlp_model(sizes, activation="tanh", weight_init="xavier", batchnorm=batchnorm)
+    params, state = model.init(key)
+    ref_params = nn.init_mlp(key, sizes, weight_init="xavier", batchnorm=batchnorm)
+    _assert_trees_equal(params, ref_params)
+    _assert_trees_equal(state, nn.init_bn_state(ref_params))
+    x = jax.random.normal(jax.random.fold_in(key, 1), (7, 6))
+    for train in (False, True):  # batch statistics (and their update) in training, running ones otherwise
+        out, new_state = model.apply(params, state, x, train=train)
+        ref_out, ref_state = nn.apply(ref_params, x, state=nn.init_bn_state(ref_params), train=train,
+                                      activation="tanh")
+        assert out.shape == (7, 3)
+        np.testing.assert_array_equal(out, ref_out)
+        _assert_trees_equal(new_state, ref_state)
+    if batchnorm:  # training really updated the statistics
+        assert not np.array_equal(new_state[0]["mean"], state[0]["mean"])
+
+
+@pytest.mark.parametrize("mode", nn.DROPOUT_MODES)
+def test_mlp_model_dropout_equals_apply_with_the_same_key(key, mode):
+    sizes = (6, 8, 8, 3)
+    model = nn.mlp_model(sizes, drop_rate=0.3, dropout_mode=mode)
+    params, state = model.init(key)
+    x = jax.random.normal(jax.random.fold_in(key, 1), (5, 6))
+    k = jax.random.fold_in(key, 2)
+    for train in (True, False):
+        out, _ = model.apply(params, state, x, train=train, key=k)
+        ref, _ = nn.apply(params, x, state=state, train=train, key=k if train else None, drop_rate=0.3,
+                          dropout_mode=mode)
+        np.testing.assert_array_equal(out, ref)
+    no_dropout = nn.mlp_model(sizes).apply(params, state, x, train=True, key=k)[0]
+    assert not np.allclose(model.apply(params, state, x, train=True, key=k)[0], no_dropout)  # dropout acts
+    other_key = model.apply(params, state, x, train=True, key=jax.random.fold_in(key, 3))[0]
+    assert not np.array_equal(other_key, model.apply(params, state, x, train=True, key=k)[0])
+
+
+def test_mlp_model_traced_weight_init_and_drop_rate(key):
+    """A sweep's factory builds the model inside the trace: a traced weight_init is the weights'
+    std (equal to the concrete float to rounding), a traced drop_rate equals the concrete one."""
+    sizes = (6, 5, 3)
+    traced = jax.jit(lambda s: nn.mlp_model(sizes, weight_init=s).init(key)[0])(jnp.float32(0.05))
+    concrete = nn.init_mlp(key, sizes, weight_init=0.05)
+    assert jax.tree.structure(traced) == jax.tree.structure(concrete)
+    for a, b in zip(jax.tree.leaves(traced), jax.tree.leaves(concrete)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    params, state = nn.mlp_model(sizes).init(key)
+    x, k = jax.random.normal(jax.random.fold_in(key, 1), (5, 6)), jax.random.fold_in(key, 2)
+    run = jax.jit(lambda rate: nn.mlp_model(sizes, drop_rate=rate).apply(params, state, x, train=True, key=k)[0])
+    np.testing.assert_allclose(run(jnp.float32(0.4)), nn.mlp_model(sizes, drop_rate=0.4).apply(
+        params, state, x, train=True, key=k)[0], rtol=1e-6)
+    run(jnp.float32(0.1))
+    assert run._cache_size() == 1  # one program for every rate
+
+
+def test_mlp_model_is_cached_and_checks_its_arguments():
+    assert nn.mlp_model((4, 3, 2), drop_rate=0.1) is nn.mlp_model([4, 3, 2], drop_rate=0.1)
+    assert nn.mlp_model((4, 3, 2), drop_rate=0.1) is not nn.mlp_model((4, 3, 2), drop_rate=0.2)
+    with pytest.raises(ValueError, match=r"activation must be one of .*got 'gelu'"):
+        nn.mlp_model((4, 3, 2), activation="gelu")
+    with pytest.raises(ValueError, match=r"dropout_mode must be one of \['inverted', 'textbook'\]; got 'keep'"):
+        nn.mlp_model((4, 3, 2), dropout_mode="keep")
+    with pytest.raises(ValueError, match=r"drop_rate \(probability of dropping\) must be in \[0, 1\); got 1.0"):
+        nn.mlp_model((4, 3, 2), drop_rate=1.0)
+
+
+# ----------------------------------------------------------- tasks
+def test_task_resolution():
+    ce, mse = losses.task("cross_entropy"), losses.task("mse")
+    assert ce.name == "cross_entropy" and ce.metric == "acc" and ce is losses.LOSSES["cross_entropy"]
+    assert mse.name == "mse" and mse.metric == "rmse"
+    assert losses.task(ce) is ce  # a Task is returned as is
+
+    def huber(outputs, y):
+        d = jnp.abs(outputs - y)
+        return jnp.mean(jnp.where(d < 1, 0.5 * d * d, d - 0.5))
+
+    custom = losses.task(huber)
+    assert custom.name == "huber" and custom.metric is None and custom.loss is huber
+    assert losses.task(huber) is custom  # cached: the same Task keys the same compiled programs
+    out, y = jnp.array([[0.0, 3.0], [1.0, 1.5]]), jnp.array([[0.5, 0.0], [1.0, 1.0]])
+    per, correct = custom.per_example(out, y)
+    assert correct is None
+    np.testing.assert_allclose(per, [huber(out[:1], y[:1]), huber(out[1:], y[1:])], rtol=1e-6)
+    np.testing.assert_allclose(jnp.mean(per), huber(out, y), rtol=1e-6)  # a mean of per-example terms
+    with pytest.raises(ValueError, match=r"loss must be one of \['cross_entropy', 'mse'\] or a callable.*'hinge'"):
+        losses.task("hinge")
+    with pytest.raises(TypeError, match=r"loss must be one of \['cross_entropy', 'mse'\] or a callable.*got int"):
+        losses.task(3)
+
+
+def _outputs(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def test_check_targets_accepts_what_fits():
+    ce, mse = losses.task("cross_entropy"), losses.task("mse")
+    losses.check_targets(ce, "train", np.array([0, 9, 3]), _outputs(8, 10))
+    losses.check_targets(ce, "train", np.eye(10, dtype=np.float32)[[0, 9, 3]], _outputs(8, 10))
+    losses.check_targets(mse, "train", np.zeros((3, 2), np.float32), _outputs(8, 2))
+    losses.check_targets(mse, "train", np.zeros(3, np.float32), _outputs(8, 1))  # (n,) targets, one output
+
+
+@pytest.mark.parametrize("loss, y, outputs, match", [
+    # regression targets given to cross-entropy: the message names both losses
+    ("cross_entropy", np.linspace(-2, 5, 30, dtype=np.float32).reshape(3, 10), (8, 10),
+     r"cross_entropy needs val float targets to be one-hot or probability rows .*use loss='mse'"),
+    ("cross_entropy", np.array([0.5, 1.5, 2.5], np.float32), (8, 10),
+     r"cross_entropy needs val targets as integer labels \(n,\) or one-hot rows \(n, 10\) for the model's 10 "
+     r"outputs; got float32 of shape \(3,\)"),
+    ("cross_entropy", np.array([0, 1], np.int32), (8, 1), r"at least 2 classes.*use loss='mse'"),
+    ("cross_entropy", np.array([0, 10, 3]), (8, 10),
+     r"val labels must be in \[0, 10\) for the model's 10 outputs; found 0\.\.10"),
+    ("cross_entropy", np.array([-1, 2]), (8, 10), r"val labels must be in \[0, 10\).*found -1\.\.2"),
+    ("cross_entropy", np.zeros((3, 2), np.int32), (8, 10), r"val integer labels must have shape \(n,\); got \(3, 2\)"),
+    ("mse", np.array([0, 1, 2]), (8, 1), r"mse needs float val targets; got int64 \(class labels: use "
+                                        r"loss='cross_entropy'"),
+    ("mse", np.zeros((3, 2), np.float32), (8, 3),
+     r"mse needs model outputs of the val targets' row shape \(2,\) .*gives outputs \(8, 3\) for targets \(3, 2\)"),
+    ("mse", np.zeros(3, np.float32), (8, 2), r"mse needs model outputs of the val targets' row shape \(\)"),
+])
+def test_check_targets_errors(loss, y, outputs, match):
+    with pytest.raises(ValueError, match=match):
+        losses.check_targets(losses.task(loss), "val", y, _outputs(*outputs))
+
+
+# ----------------------------------------------------------- weight decay mask
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_l2_penalty_default_mask_is_the_books_weights_only(key, batchnorm):
+    params = jax.tree.map(lambda p: p + 0.5, nn.init_mlp(key, (4, 3, 3, 2), batchnorm=batchnorm))
+    assert jax.tree.map(losses.is_weight, params) == nn.weights_mask(params)
+    np.testing.assert_allclose(losses.l2_penalty(params, 0.1), losses.l2_penalty(params, 0.1, mask=nn.weights_mask),
+                               rtol=1e-7)
+    expected = 0.05 * sum(float(jnp.sum(layer["w"] ** 2)) for layer in params)
+    assert float(losses.l2_penalty(params, 0.1)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_l2_penalty_complex_kernels_and_integer_leaves():
+    w = jnp.array([[1 + 2j, -1j], [3 + 0j, 0.5 - 0.5j]], jnp.complex64)
+    params = {"w": w, "kernel": jnp.ones((2, 2, 1, 3)), "b": jnp.full(3, 5.0), "count": jnp.ones((2, 2), jnp.int32)}
+    assert jax.tree.map(losses.is_weight, params) == {"w": True, "kernel": True, "b": False, "count": False}
+    penalty = losses.l2_penalty(params, 0.1)
+    assert penalty.dtype == jnp.float32 and not jnp.iscomplexobj(penalty)  # |w| ** 2, real
+    abs2 = (1 + 4) + 1 + 9 + (0.25 + 0.25)
+    assert float(penalty) == pytest.approx(0.05 * (abs2 + 12), rel=1e-6)
+
+
+# ----------------------------------------------------------- MSE through the train step
+@pytest.mark.parametrize("n_out", [1, 2])
+def test_mse_gradient_through_the_train_step_equals_finite_differences(key, x64, n_out):
+    """One SGD step with learning rate 1 moves the parameters by minus the gradient of MSE plus
+    weight decay; it must equal a float64 central difference of a NumPy transcription."""
+    from jaxscratch import optim, train
+
+    sizes, wd = (3, 4, n_out), 0.3
+    model = nn.mlp_model(sizes, activation="tanh", dtype=jnp.float64)
+    params, state = model.init(key)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # nonzero biases
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3))
+    y = rng.standard_normal((6,) if n_out == 1 else (6, n_out))  # (n,) targets against outputs (batch, 1)
+    step = jax.jit(train.make_train_step(model, optim.sgd(1.0), loss="mse"))
+    ts = train.init_state(key, params, optim.sgd(1.0), state)
+    new, loss = step(ts, jnp.asarray(x), jnp.asarray(y), train.Hyper(jnp.float64(wd)))
+
+    def f(p):  # NumPy: mean squared error over every element, plus the book's L2 on weights
+        out = np_forward(p, x, "tanh")
+        out = out[:, 0] if y.ndim == 1 else out
+        return np.mean((out - y) ** 2) + 0.5 * wd * sum(np.sum(np.asarray(layer["w"]) ** 2) for layer in p)
+
+    p_np = jax.tree.map(np.asarray, params)
+    assert float(loss) == pytest.approx(f(p_np), rel=1e-12)
+    h = 1e-6
+    for layer, (p_layer, new_layer) in enumerate(zip(params, new.params)):
+        for name in ("w", "b"):
+            grad = np.asarray(p_layer[name]) - np.asarray(new_layer[name])  # sgd(1.0): p - g
+            fd = np.zeros_like(grad)
+            for idx in np.ndindex(grad.shape):
+                plus, minus = (jax.tree.map(np.copy, p_np) for _ in range(2))
+                plus[layer][name][idx] += h
+                minus[layer][name][idx] -= h
+                fd[idx] = (f(plus) - f(minus)) / (2 * h)
+            np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-9)
+    metrics = train.evaluate(model, params, state, x, y, loss="mse")
+    assert set(metrics) == {"loss", "rmse"}
+    assert float(metrics["rmse"]) == pytest.approx(float(np.sqrt(metrics["loss"])), rel=1e-12)

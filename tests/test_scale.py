@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxscratch import data, nn, optim, train
+from jaxscratch import data, losses, nn, optim, train
 
 from helpers import COMPILES
 
@@ -23,22 +23,24 @@ def digits():
     return (xt, yt), (xv, yv)
 
 
-def _fit(tr, va, opt, epochs=2, **kw):
+def _fit(tr, va, opt, epochs=2, drop_rate=0.0, **kw):
     params = nn.init_mlp(jax.random.key(0), (64, 32, 10))
-    return train.fit(jax.random.key(1), params, opt, tr, epochs=epochs, batch_size=50, validation=va,
-                     verbose=False, **kw)
+    return train.fit(jax.random.key(1), nn.mlp_model((64, 32, 10), drop_rate=drop_rate), opt, tr, epochs=epochs,
+                     batch_size=50, validation=va, params=params, verbose=False, **kw)
 
 
 def test_fit_compiles_nothing_on_a_second_call_or_new_hyperparameter_values(digits):
     tr, va = digits
     opt = optim.momentum(0.05)
+    # the same arguments give the same model object, which keys fit's compiled programs
+    assert nn.mlp_model((64, 32, 10), drop_rate=0.1) is nn.mlp_model((64, 32, 10), drop_rate=0.1)
     _fit(tr, va, opt, weight_decay=1e-3, drop_rate=0.1)  # warm: compiles the epoch and evaluation
     with COMPILES as c:
         _fit(tr, va, opt, weight_decay=1e-3, drop_rate=0.1)
     assert c.count == 0
     with COMPILES as c:
-        _fit(tr, va, opt, epochs=4, weight_decay=0.02, drop_rate=0.3)  # more epochs, other values
-    assert c.count == 0
+        r = _fit(tr, va, opt, epochs=4, weight_decay=0.02, drop_rate=0.1)  # more epochs, another weight decay
+    assert c.count == 0 and len(r.history["epoch"]) == 4
     # learning rates live in the state with inject_hyperparams: any value, same program
     make = optim.inject_hyperparams(optim.adam)
     _fit(tr, va, make(learning_rate=1e-3))
@@ -47,8 +49,7 @@ def test_fit_compiles_nothing_on_a_second_call_or_new_hyperparameter_values(digi
     assert c.count == 0 and float(r.state.opt_state.hyperparams["learning_rate"]) == pytest.approx(3e-3)
     # a change of program (another batch size) does compile: the counter sees compilations
     with COMPILES as c:
-        params = nn.init_mlp(jax.random.key(0), (64, 32, 10))
-        train.fit(jax.random.key(1), params, opt, tr, epochs=1, batch_size=40, verbose=False)
+        train.fit(jax.random.key(1), nn.mlp_model((64, 32, 10)), opt, tr, epochs=1, batch_size=40, verbose=False)
     assert c.count >= 1
 
 
@@ -56,12 +57,14 @@ def test_fit_makes_no_implicit_host_transfer(digits):
     """Under jax.transfer_guard("disallow") only explicit transfers may happen: the data's
     upload before training and one device_get per epoch. The training loop itself moves nothing."""
     tr, va = digits
-    kw = dict(weight_decay=1e-3, drop_rate=0.2, test=va)
-    _fit(tr, va, optim.adam(), **kw)  # compile outside the guard (compiling is not a transfer, but keep it simple)
+    kw = dict(weight_decay=1e-3, test=va)
+    # compile outside the guard (compiling is not a transfer, but keep it simple)
+    _fit(tr, va, optim.adam(), drop_rate=0.2, **kw)
     params, key, opt = nn.init_mlp(jax.random.key(0), (64, 32, 10)), jax.random.key(1), optim.adam()
-    state = train.init_state(key, params, opt)  # initialisation creates arrays: not part of the loop
+    state = train.init_state(key, params, opt, nn.init_bn_state(params))  # creates arrays: not part of the loop
+    model = nn.mlp_model((64, 32, 10), drop_rate=0.2)
     with jax.transfer_guard("disallow"):
-        r = train.fit(key, params, opt, tr, epochs=3, batch_size=50, validation=va, verbose=False, state=state, **kw)
+        r = train.fit(key, model, opt, tr, epochs=3, batch_size=50, validation=va, verbose=False, state=state, **kw)
     assert len(r.history["val_acc"]) == 3 and np.isfinite(r.history["train_eval_loss"]).all()
     # the guard is live: an implicit host-to-device transfer inside it is refused
     with jax.transfer_guard("disallow"), pytest.raises(Exception, match="[Dd]isallowed"):
@@ -72,7 +75,7 @@ _MESH_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_default_matmul_precision", "highest")
-    from jaxscratch import data, nn, optim, train
+    from jaxscratch import data, losses, nn, optim, train
     assert jax.device_count() == 4, jax.devices()
     ds = data.load_digits()
     xt, yt, xv, yv = data.train_val_split(ds.x_train, ds.y_train, 0.1, seed=0)
@@ -81,8 +84,9 @@ _MESH_SCRIPT = textwrap.dedent("""
         runs = []
         for mesh in (None, jax.sharding.Mesh(np.array(jax.devices()), ("data",))):
             params = nn.init_mlp(jax.random.key(0), (64, 64, 64, 10), batchnorm=bn)
-            r = train.fit(jax.random.key(1), params, optim.adam(1e-3), (xt, yt), epochs=3, batch_size=64,
-                          validation=(xv, yv), weight_decay=1e-4, drop_rate=0.1, verbose=False, mesh=mesh)
+            model = nn.mlp_model((64, 64, 64, 10), batchnorm=bn, drop_rate=0.1)
+            r = train.fit(jax.random.key(1), model, optim.adam(1e-3), (xt, yt), epochs=3, batch_size=64,
+                          validation=(xv, yv), params=params, weight_decay=1e-4, verbose=False, mesh=mesh)
             runs.append(r)
         single, sharded = runs
         w = sharded.state.params[0]["w"]
@@ -95,15 +99,17 @@ _MESH_SCRIPT = textwrap.dedent("""
         }
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     opt = optim.adam(1e-3)
-    epoch_fn, _ = train._programs(opt.update, batch_size=64, sampling="epoch", n=len(xt), activation="relu",
-                                  dropout_mode="inverted", use_dropout=False, use_weight_decay=False,
-                                  compute_dtype=None, mesh=mesh, data_axis="data")
-    (xs, ys, _), _ = train._layout({"train": (np.asarray(xt), np.asarray(yt))}, 256, 10)
-    state = train.init_state(jax.random.key(0), nn.init_mlp(jax.random.key(1), (64, 64, 10)), opt)
-    hlo = epoch_fn.lower(state, xs, ys, train.Hyper(jnp.float32(0), jnp.float32(0))).compile().as_text()
+    model, task = nn.mlp_model((64, 64, 10)), losses.task("cross_entropy")
+    epoch_fn, _ = train._programs(model, task, opt.update, batch_size=64, sampling="epoch", n=len(xt),
+                                  use_weight_decay=False, mask_leaves=None, compute_dtype=None, mesh=mesh,
+                                  data_axis="data")
+    (xs, ys, _), _ = train._layout({"train": (np.asarray(xt), np.asarray(yt))}, 256, task)
+    params, model_state = model.init(jax.random.key(1))
+    state = train.init_state(jax.random.key(0), params, opt, model_state)
+    hlo = epoch_fn.lower(state, xs, ys, train.Hyper(jnp.float32(0))).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
     try:
-        train.fit(jax.random.key(1), nn.init_mlp(jax.random.key(0), (64, 10)), opt, (xt, yt), epochs=1,
+        train.fit(jax.random.key(1), nn.mlp_model((64, 10)), opt, (xt, yt), epochs=1,
                   batch_size=50, verbose=False, mesh=mesh)
     except ValueError as e:
         out["error"] = str(e)
@@ -132,10 +138,12 @@ def test_bf16_compute_keeps_float32_state_and_trains_like_float32(digits):
     runs = {}
     for dtype in (None, jnp.bfloat16):
         params = nn.init_mlp(jax.random.key(0), (64, 100, 100, 10), batchnorm=True)
-        runs[dtype] = train.fit(jax.random.key(1), params, optim.adam(1e-3), tr, epochs=8, batch_size=50,
-                                validation=va, verbose=False, compute_dtype=dtype)
+        runs[dtype] = train.fit(jax.random.key(1), nn.mlp_model((64, 100, 100, 10), batchnorm=True),
+                                optim.adam(1e-3), tr, epochs=8, batch_size=50, validation=va, params=params,
+                                verbose=False, compute_dtype=dtype)
     f32, bf16 = runs[None], runs[jnp.bfloat16]
-    for leaf in jax.tree.leaves((bf16.state.params, bf16.state.opt_state, bf16.state.bn_state)):
+    assert jax.tree.leaves(bf16.state.model_state)  # the batch-norm statistics are checked too
+    for leaf in jax.tree.leaves((bf16.state.params, bf16.state.opt_state, bf16.state.model_state)):
         assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
     # the same curve to bf16 rounding: final losses within 20% and accuracy within 3 points
     assert bf16.history["train_eval_loss"][-1] == pytest.approx(f32.history["train_eval_loss"][-1], rel=0.2, abs=0.01)
@@ -172,31 +180,38 @@ def test_fit_with_the_guard_skips_nonfinite_steps_and_trains_on(digits):
     (x, y), va = digits
     x = np.array(x)
     x[7] = 3e38  # one poisoned row (finite, but its logits overflow): a batch that draws it has NaN gradients
-    params = nn.init_mlp(jax.random.key(0), (64, 32, 10))
-    r = train.fit(jax.random.key(1), params, optim.apply_if_finite(optim.adam(1e-2)), (x, y), epochs=3,
-                  batch_size=50, validation=va, verbose=False)
+    params, model = nn.init_mlp(jax.random.key(0), (64, 32, 10)), nn.mlp_model((64, 32, 10))
+    r = train.fit(jax.random.key(1), model, optim.apply_if_finite(optim.adam(1e-2)), (x, y), epochs=3,
+                  batch_size=50, validation=va, params=params, verbose=False)
     assert r.history["skipped_steps"].sum() >= 2  # (the row may fall in an epoch's dropped remainder)
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(r.state.params))
     assert r.history["val_acc"][-1] > 0.8
     # without the guard the same data stop the run, naming the step
     with pytest.raises(FloatingPointError, match=r"loss (nan|inf) at step \d+ \(epoch 1\)"):
-        train.fit(jax.random.key(1), params, optim.adam(1e-3), (x, y), epochs=3, batch_size=50, verbose=False)
+        train.fit(jax.random.key(1), model, optim.adam(1e-3), (x, y), epochs=3, batch_size=50, params=params,
+                  verbose=False)
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda x, y: (x[:, :60], y), r"train x must have shape \(n, 64\) to match the model's input layer; got \(\d+, 60\)"),
+    (lambda x, y: (x[:, :60], y), r"train x of shape \(n, 60\) \(float32\) does not fit the model: ValueError: x "
+                                  r"must have shape \(\.\.\., 64\) to match the first layer"),
     (lambda x, y: (x, y + 1), r"train labels must be in \[0, 10\) for the model's 10 outputs; found 1\.\.10"),
     (lambda x, y: (x, y[:-1]), r"train x and y must have the same number of rows"),
-    (lambda x, y: (x, np.eye(12, dtype=np.float32)[y]), r"train y must be integer labels \(n,\) or one-hot rows \(n, 10\)"),
-    (lambda x, y: (x.astype(np.int32), y), r"train x must be floating point; got int32"),
+    (lambda x, y: (x, np.eye(12, dtype=np.float32)[y]),
+     r"cross_entropy needs train targets as integer labels \(n,\) or one-hot rows \(n, 10\) for the model's 10 "
+     r"outputs; got float32 of shape \(\d+, 12\)"),
+    # integer x are the model's business (token ids are integers); the MLP refuses them under any
+    # promotion rules, and fit says so before compiling
+    (lambda x, y: (x.astype(np.int32), y), r"train x of shape \(n, 64\) \(int32\) does not fit the model: "
+                                           r"TypeError: the MLP takes floating-point inputs; got int32"),
     (lambda x, y: (np.where(np.arange(len(x))[:, None] == 3, np.nan, x), y),
      r"train x must be finite; found 64 NaN or Inf values \(the first in row 3\)"),
 ])
 def test_fit_checks_the_data_against_the_model(digits, bad, message):
     (x, y), _ = digits
-    params = nn.init_mlp(jax.random.key(0), (64, 10))
+    model = nn.mlp_model((64, 10))
     with pytest.raises((ValueError, TypeError), match=message):
-        train.fit(jax.random.key(1), params, optim.sgd(), bad(np.asarray(x), np.asarray(y)), epochs=1, verbose=False)
+        train.fit(jax.random.key(1), model, optim.sgd(), bad(np.asarray(x), np.asarray(y)), epochs=1, verbose=False)
     with pytest.raises(ValueError, match=r"val labels must be in \[0, 10\)"):
-        train.fit(jax.random.key(1), params, optim.sgd(), (x, y), epochs=1, verbose=False,
+        train.fit(jax.random.key(1), model, optim.sgd(), (x, y), epochs=1, verbose=False,
                   validation=(x[:10], np.full(10, -1)))

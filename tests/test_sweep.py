@@ -28,11 +28,10 @@ def test_each_vmapped_trial_equals_training_it_alone(small):
     trials = sweep.run_trials(key, SPEC, hp, tr, epochs=3, validation=va, seeds=[4, 5, 6])
     assert trials.history["val_acc"].shape == (3, 3)
     for i, seed in enumerate([4, 5, 6]):
-        k = jax.random.fold_in(key, seed)
-        params = nn.init_mlp(k, SPEC.sizes, weight_init=hp["init_scale"][i])
-        alone = train.fit(k, params, optim.momentum(hp["learning_rate"][i], hp["momentum"][i]), tr, epochs=3,
-                          batch_size=40, validation=va, weight_decay=hp["weight_decay"][i],
-                          drop_rate=hp["drop_rate"][i], verbose=False)
+        k = jax.random.fold_in(key, seed)  # fit initialises the model with it, as the sweep does
+        model = nn.mlp_model(SPEC.sizes, weight_init=hp["init_scale"][i], drop_rate=hp["drop_rate"][i])
+        alone = train.fit(k, model, optim.momentum(hp["learning_rate"][i], hp["momentum"][i]), tr, epochs=3,
+                          batch_size=40, validation=va, weight_decay=hp["weight_decay"][i], verbose=False)
         for a, b in zip(jax.tree.leaves(alone.state.params), jax.tree.leaves(trials.state.params)):
             np.testing.assert_allclose(b[i], a, rtol=2e-4, atol=2e-5)
         np.testing.assert_allclose(trials.history["train_loss"][i], alone.history["train_loss"], rtol=1e-4)
@@ -114,12 +113,23 @@ def test_kfold_cv_vmapped_over_configurations_and_folds(small):
     assert acc > 0.5
 
 
-def test_folds_cover_every_sample_once():
-    train_idx, val_idx = sweep._folds(103, 5, seed=0)
-    assert val_idx.shape == (5, 20) and train_idx.shape == (5, 80)
-    assert len(np.unique(val_idx)) == 100  # 3 left over by the equal-size folds
-    for f in range(5):
-        assert not set(train_idx[f]) & set(val_idx[f])
+def test_kfold_cv_validates_data_kfold_indices_folds(small):
+    """103 samples, 5 folds: each fold's model is validated on data.kfold_indices' 20 samples (the
+    3 left over are trained on, never validated), and its state is that fold's."""
+    tr, _, _ = small
+    x, y = tr[0][:103], tr[1][:103]
+    spec = SPEC._replace(optimizer="sgd", sizes=(64, 16, 10))
+    result = sweep.kfold_cv(jax.random.key(5), spec, {"learning_rate": [0.1]}, x, y, k=5, epochs=1, seed=2)
+    folds = data.kfold_indices(103, 5, seed=2)
+    model = nn.mlp_model(spec.sizes)
+    for f, (train_idx, val_idx) in enumerate(folds):
+        assert len(val_idx) == 20 and len(train_idx) == 83
+        state = jax.tree.map(lambda a: a[0, f], result.state)
+        direct = train.evaluate(model, state.params, state.model_state, x[val_idx], y[val_idx])
+        np.testing.assert_allclose(result.val_loss[0, f], direct["loss"], rtol=1e-5)
+        np.testing.assert_allclose(result.val_acc[0, f], direct["acc"], atol=1e-6)
+        # trained on 83 samples (2 batches of 40): the fold's step counter says so
+        assert int(state.step) == 83 // spec.batch_size
 
 
 @pytest.mark.parametrize("hp, match", [
