@@ -1,7 +1,7 @@
 """jaxscratch: a pure-functional JAX training library for *Deep Learning from Scratch*.
 
 Modules (imports point one way, downward): ``cli`` (its flags in ``_flags``) -> ``sweep``
-(vmapped trials) -> ``train`` (+ ``checkpoint``) -> ``nn`` (the ``Model(init, apply)`` contract,
+(vmapped trials) -> ``train`` (its data checks in ``_fitdata``; + ``checkpoint``) -> ``nn`` (the ``Model(init, apply)`` contract,
 the book's MLP; flax and equinox adapters in ``_adapters``), ``losses``, ``optim`` (optimizers
 as ``(init, update)`` pairs; their interface and wrappers in ``_transforms``), ``schedules``,
 ``data`` (IDX files and downloads in ``_idx``); ``gradcheck`` (numerical gradients) and

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import data, losses, nn, optim, train
+from jaxscratch import _fitdata, data, losses, nn, optim, train
 
 __all__ = ["CVResult", "Spec", "Trials", "compare_optimizers", "ensemble_accuracy", "init_trials",
            "kfold_cv", "random_search", "run_trials", "select", "successive_halving", "table",
@@ -253,10 +253,10 @@ def _pairs(spec: Spec, hp: dict, train_data, validation, test) -> tuple:
     model = _model(spec, {k: v[0] for k, v in hp.items()})
     params, model_state = jax.eval_shape(model.init, jax.random.key(0))
     raw = {"train": train_data, **{k: v for k, v in (("val", validation), ("test", test)) if v is not None}}
-    n = len(train._check_pair("train", train_data)[0])
+    n = len(_fitdata.check_pair("train", train_data)[0])
     if not 1 <= spec.batch_size <= n:
         raise ValueError(f"batch_size must be in [1, {n}] (the training set size); got {spec.batch_size}")
-    checked = train._check_sets(model, losses.task(spec.loss), params, model_state, raw, spec.batch_size)
+    checked = _fitdata.check_sets(model, losses.task(spec.loss), params, model_state, raw, spec.batch_size)
     sets = {k: tuple(jnp.asarray(a) for a in v) for k, v in checked.items() if k == "train" or len(v[0])}
     return sets["train"][0], sets["train"][1], sets
 

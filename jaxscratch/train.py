@@ -11,7 +11,8 @@ Contract:
     accuracy), ``"mse"`` (RMSE reported, best = lowest validation loss) or a callable
     ``loss(outputs, y)`` (loss reported, best = lowest validation loss). Data are checked
     against the model before anything compiles: ``x`` ``(n, ...)`` as the model accepts it
-    (found by ``jax.eval_shape``), targets that fit the loss and the model's outputs.
+    (found by ``jax.eval_shape``), targets that fit the loss and the model's outputs (the checks
+    and the chunk layout of the data live in the private ``_fitdata``).
   * Randomness is a pure function of ``(key, step)``: epoch ``e`` draws its batch order from
     ``fold_in(fold_in(key, 0), e)`` and step ``t`` its dropout key from
     ``fold_in(fold_in(key, 1), t)``. ``fit`` initialises the model with ``model.init(key)``
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import data, losses, nn, optim
+from jaxscratch import _fitdata, data, losses, nn, optim
 
 __all__ = ["FitResult", "Hyper", "TrainState", "evaluate", "fit", "init_state", "make_epoch",
            "make_train_step", "run_steps", "SAMPLINGS"]
@@ -225,86 +225,6 @@ def evaluate(model: nn.Model, params, model_state, x, y, *, loss="cross_entropy"
     return _metrics(task, sums, n, sqrt=jnp.sqrt)
 
 
-# ----------------------------------------------------------------- checks
-def _as_model(model) -> nn.Model:
-    if isinstance(model, nn.Model):
-        return model
-    linen, eqx = sys.modules.get("flax.linen"), sys.modules.get("equinox")  # loaded only if the user did
-    if linen is not None and isinstance(model, linen.Module):
-        hint = "wrap a flax linen module with nn.from_flax(module, example_x)"
-    elif eqx is not None and isinstance(model, eqx.Module):
-        hint = "wrap an equinox module with nn.from_equinox(module)"
-    else:
-        hint = ("build one with nn.mlp_model(sizes), nn.from_flax(...), nn.from_equinox(...) or nn.Model(init, apply); "
-                "initial parameters go in params=")
-    raise TypeError(f"model must be an nn.Model(init, apply); got {type(model).__name__} ({hint})")
-
-
-def _check_pair(name: str, pair) -> tuple[np.ndarray, np.ndarray]:
-    """``pair`` as NumPy ``(x, y)``: numeric ``x`` with a row axis, finite, as many rows as ``y``."""
-    try:
-        x, y = (np.asarray(a) for a in pair)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an (x, y) pair of arrays; got {type(pair).__name__}") from None
-    if x.ndim < 1 or x.dtype == bool or not (np.issubdtype(x.dtype, np.number)):
-        raise TypeError(f"{name} x must be a numeric array with one row per example; got {x.dtype} {x.shape}")
-    if np.issubdtype(x.dtype, np.inexact):
-        bad = ~np.isfinite(x)
-        if bad.any():
-            raise ValueError(f"{name} x must be finite; found {int(bad.sum())} NaN or Inf values "
-                             f"(the first in row {int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))})")
-    if y.shape[:1] != x.shape[:1]:
-        raise ValueError(f"{name} x and y must have the same number of rows; got {x.shape[0]} and "
-                         f"{y.shape[0] if y.ndim else 'a scalar'}")
-    return x, y
-
-
-def _output_struct(model, params, model_state, x_row: jax.ShapeDtypeStruct, task, name: str):
-    """The model's output shape for a batch like ``x_row``, by ``jax.eval_shape``: a model that
-    cannot take the data says so here, before anything compiles."""
-    try:
-        out, _ = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=False, key=None),
-                                params, model_state, x_row)
-    except Exception as err:  # the model's own complaint, whatever it raises
-        raise ValueError(f"{name} x of shape (n, {', '.join(map(str, x_row.shape[1:]))}) ({x_row.dtype}) does not fit "
-                         f"the model: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim < 1 or out.shape[0] != x_row.shape[0]:
-        raise ValueError(f"the model must return outputs with one row per example, (batch, ...); for a batch "
-                         f"{x_row.shape} it returned {jax.tree.map(lambda a: a.shape, out)}")
-    return out
-
-
-def _check_sets(model, task, params, model_state, sets: dict, batch_size: int) -> dict:
-    """Every ``(x, y)`` of ``sets`` checked against the first's row shape, the model and the loss."""
-    x0 = sets["train"][0]
-    checked = {}
-    for name, pair in sets.items():
-        x, y = _check_pair(name, pair)
-        if x.shape[1:] != x0.shape[1:]:
-            raise ValueError(f"{name} x rows have shape {x.shape[1:]}; the training rows have {x0.shape[1:]}")
-        checked[name] = (x, y)
-    row = jax.ShapeDtypeStruct((batch_size,) + x0.shape[1:], jnp.result_type(x0.dtype))
-    out = _output_struct(model, params, model_state, row, task, "train")
-    for name, (_, y) in checked.items():
-        if task in losses.LOSSES.values():
-            losses.check_targets(task, name, y, out)
-        else:
-            _check_custom_loss(task, name, y, out, batch_size)
-    return checked
-
-
-def _check_custom_loss(task, name, y, out, batch_size) -> None:
-    yb = jax.ShapeDtypeStruct((batch_size,) + y.shape[1:], jnp.result_type(y.dtype))
-    try:
-        value = jax.eval_shape(task.loss, out, yb)
-    except Exception as err:
-        raise ValueError(f"the loss cannot take the model's outputs {tuple(out.shape)} and {name} targets "
-                         f"{yb.shape} ({y.dtype}): {type(err).__name__}: {err}") from err
-    if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
-        raise ValueError(f"the loss must return a scalar; for outputs {tuple(out.shape)} and {name} targets "
-                         f"{yb.shape} it returned {jax.tree.map(lambda a: a.shape, value)}")
-
-
 def _check_finite(step_losses: np.ndarray, params_finite: bool, step: int, epoch: int, guarded: bool) -> None:
     """Stop on a NaN or Inf loss, naming the first bad step, or on non-finite parameters; the
     caller's last saved state (the previous epoch's) stays the last good one. With
@@ -320,46 +240,8 @@ def _check_finite(step_losses: np.ndarray, params_finite: bool, step: int, epoch
                                  f"NaN or Inf; the state after epoch {epoch - 1} is the last good one")
 
 
-def _mask_leaves(weight_decay_mask, params) -> tuple | None:
-    """The weight-decay mask as a flat tuple of bools (hashable: it keys the compiled programs)."""
-    if weight_decay_mask is None:
-        return None
-    mask = weight_decay_mask(params) if callable(weight_decay_mask) else weight_decay_mask
-    leaves, structure = jax.tree.flatten(mask)
-    if structure != jax.tree.structure(params):
-        raise ValueError(f"weight_decay_mask must have the structure of params; got {structure}, params have "
-                         f"{jax.tree.structure(params)}")
-    return tuple(bool(m) for m in leaves)
-
 
 # ----------------------------------------------------------------- fit
-def _layout(sets: dict, chunk: int, task) -> tuple[tuple, dict]:
-    """Every set in one host array of chunks, the training set first: ``((xs (k, chunk, ...), ys,
-    mask (k, chunk)), {name: chunk indices})``. Each set is padded with zero rows to whole chunks
-    (``mask`` marks the real rows), so the training rows are the first ``len(x_train)`` of the
-    flattened array. Classification sets that mix integer labels and one-hot rows become one-hot
-    (exact for integer labels)."""
-    y_rows = {ye.shape[1:] for _, ye in sets.values()}
-    if len(y_rows) > 1 and task.name == "cross_entropy":
-        k = max(r[0] for r in y_rows if r)
-        sets = {name: (xe, data.one_hot(ye, k) if ye.ndim == 1 else ye) for name, (xe, ye) in sets.items()}
-    elif len(y_rows) > 1:
-        raise ValueError(f"every set's targets must have the same row shape; got {sorted(y_rows)}")
-    canon = lambda a: jnp.dtype(jnp.result_type(a.dtype))  # float64 -> float32 unless x64
-    x0, y0 = sets["train"]
-    where, k = {}, 0
-    for name, (xe, _) in sets.items():
-        where[name] = range(k, k + max(1, -(-len(xe) // chunk)))
-        k = where[name].stop
-    xs = np.zeros((k * chunk,) + x0.shape[1:], canon(x0))  # filled in place: one host copy of the data
-    ys = np.zeros((k * chunk,) + y0.shape[1:], canon(y0) if y0.dtype != np.int64 else np.int32)
-    mask = np.zeros(k * chunk, bool)
-    for name, (xe, ye) in sets.items():
-        rows = slice(where[name].start * chunk, where[name].start * chunk + len(xe))
-        xs[rows], ys[rows], mask[rows] = xe, ye, True
-    return tuple(a.reshape((k, chunk) + a.shape[1:]) for a in (xs, ys, mask)), where
-
-
 @functools.lru_cache(maxsize=32)
 def _programs(model, task, update, *, batch_size, sampling, n, use_weight_decay, mask_leaves, compute_dtype,
               mesh, data_axis) -> tuple[Callable, Callable]:
@@ -455,24 +337,24 @@ class _Run(NamedTuple):
 def _prepare(key, model, optimizer, loss, train, validation, test, *, params, model_state, state, epochs,
              batch_size, weight_decay, weight_decay_mask, sampling, mesh, data_axis, compute_dtype):
     """Checks, the initial state, the data on the device and the compiled programs."""
-    model, task = _as_model(model), losses.task(loss)
+    model, task = _fitdata.as_model(model), losses.task(loss)
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(f"optimizer must be an (init, update) pair such as optim.adam(); got {type(optimizer).__name__}")
     raw = {"train": train, **{k: v for k, v in (("val", validation), ("test", test)) if v is not None}}
-    n = len(_check_pair("train", train)[0])
+    n = len(_fitdata.check_pair("train", train)[0])
     _check_settings(epochs, batch_size, n, sampling, compute_dtype, weight_decay)
     state = _initial_state(key, model, optimizer, params, model_state, state)
-    sets = {k: v for k, v in _check_sets(model, task, state.params, state.model_state, raw, batch_size).items()
+    sets = {k: v for k, v in _fitdata.check_sets(model, task, state.params, state.model_state, raw, batch_size).items()
             if k == "train" or len(v[0])}
     data_axis, devices, put = _placement(mesh, data_axis, batch_size)
     chunk = -(-min(EVAL_CHUNK, max(len(xe) for xe, _ in sets.values())) // devices) * devices
-    host, where = _layout(sets, chunk, task)
+    host, where = _fitdata.layout(sets, chunk, task)
     arrays = tuple(put(a) for a in host)  # one upload: training reads its rows, evaluation every chunk
     index = [put(np.int32(i)) for i in range(len(host[0]))]  # uploaded once: no transfer per epoch
     epoch_fn, eval_fn = _programs(
         model, task, optimizer.update, batch_size=batch_size, sampling=sampling, n=n,
         use_weight_decay=not (isinstance(weight_decay, (int, float)) and weight_decay == 0),
-        mask_leaves=_mask_leaves(weight_decay_mask, state.params),
+        mask_leaves=_fitdata.mask_leaves(weight_decay_mask, state.params),
         compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype), mesh=mesh, data_axis=data_axis)
     wd = weight_decay.astype(jnp.float32) if isinstance(weight_decay, jax.Array) else np.float32(weight_decay)
     state = _copy(put(state) if mesh is not None else state)  # donated below: never invalidate the caller's arrays

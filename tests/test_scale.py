@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxscratch import data, losses, nn, optim, train
+from jaxscratch import data, nn, optim, train
 
 from helpers import COMPILES
 
@@ -75,7 +75,7 @@ _MESH_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_default_matmul_precision", "highest")
-    from jaxscratch import data, losses, nn, optim, train
+    from jaxscratch import _fitdata, data, losses, nn, optim, train
     assert jax.device_count() == 4, jax.devices()
     ds = data.load_digits()
     xt, yt, xv, yv = data.train_val_split(ds.x_train, ds.y_train, 0.1, seed=0)
@@ -103,7 +103,7 @@ _MESH_SCRIPT = textwrap.dedent("""
     epoch_fn, _ = train._programs(model, task, opt.update, batch_size=64, sampling="epoch", n=len(xt),
                                   use_weight_decay=False, mask_leaves=None, compute_dtype=None, mesh=mesh,
                                   data_axis="data")
-    (xs, ys, _), _ = train._layout({"train": (np.asarray(xt), np.asarray(yt))}, 256, task)
+    (xs, ys, _), _ = _fitdata.layout({"train": (np.asarray(xt), np.asarray(yt))}, 256, task)
     params, model_state = model.init(jax.random.key(1))
     state = train.init_state(jax.random.key(0), params, opt, model_state)
     hlo = epoch_fn.lower(state, xs, ys, train.Hyper(jnp.float32(0))).compile().as_text()
