@@ -23,6 +23,12 @@ Contract:
     ``compute_dtype`` and an ``optim.apply_if_finite`` optimizer (docs/scaling.md). Like every
     flag they are stored with the run (a run stored before them reads as their defaults), and
     ``--resume`` keeps the whole configuration but ``--epochs`` and ``--devices``.
+  * ``--model FILE.py:FUNCTION`` trains the ``nn.Model`` that ``FUNCTION(input_shape, outputs)``
+    returns (images in their stored shape; the MLP's flags refused). The run stores the file's
+    absolute path and SHA-256 (``input_shape`` and ``model_sha256`` in the metadata); every later
+    command imports it from there and refuses a changed file. An exception in the file is one
+    line with its line number; ``--debug`` prints its traceback too. ``--loss mse`` trains on an
+    ``.npz``'s numeric targets and reports RMSE.
   * A diverging run exits 1. Ctrl-C or SIGTERM exits 130 with the last finished epoch saved;
     ``--resume`` then finishes the run bit-identically to an uninterrupted one.
 """
