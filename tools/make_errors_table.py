@@ -193,19 +193,19 @@ CASES = [
     Case(P, "load_npz: pickled arrays", "python: data.load_npz('npz/pickle.npz')"),
     Case(P, "fit: parameters where the model goes",
          "python: train.fit(jax.random.key(0), nn.init_mlp(jax.random.key(0), (3, 2)), optim.sgd(), "
-         "(np.zeros((4, 3), np.float32), np.zeros(4, np.int32)), epochs=1)"),
+         "(np.zeros((4, 3), np.float32), np.zeros(4, np.int32)), epochs=1, batch_size=2)"),
     Case(P, "fit: float targets with cross-entropy",
          "python: train.fit(jax.random.key(0), nn.mlp_model((3, 1)), optim.sgd(), "
-         "(np.zeros((4, 3), np.float32), np.ones((4, 1), np.float32)), epochs=1)"),
+         "(np.zeros((4, 3), np.float32), np.ones((4, 1), np.float32)), epochs=1, batch_size=2)"),
     Case(P, "fit: a label beyond the model's outputs",
          "python: train.fit(jax.random.key(0), nn.mlp_model((3, 2)), optim.sgd(), "
-         "(np.zeros((4, 3), np.float32), np.array([0, 1, 2, 1])), epochs=1)"),
+         "(np.zeros((4, 3), np.float32), np.array([0, 1, 2, 1])), epochs=1, batch_size=2)"),
     Case(P, "fit: mse targets of another shape than the outputs",
          "python: train.fit(jax.random.key(0), nn.mlp_model((3, 2)), optim.sgd(), "
-         "(np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32)), epochs=1, loss='mse')"),
+         "(np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32)), epochs=1, batch_size=2, loss='mse')"),
     Case(P, "fit: inputs the model cannot take",
          "python: train.fit(jax.random.key(0), nn.mlp_model((5, 2)), optim.sgd(), "
-         "(np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1])), epochs=1)"),
+         "(np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1])), epochs=1, batch_size=2)"),
 ]
 
 
