@@ -356,7 +356,7 @@ def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, his
     figure = _maybe_figure(h, os.path.join(out, FIGURE), f"{ds.name}: {cfg['optimizer']}, {network}")
     if not args.quiet:
         result_text = (f"test accuracy {100 * metrics['test_accuracy']:.2f}%" if metrics["test_accuracy"] is not None
-                       else f"test rmse {metrics['test_rmse']:.4g}" if "test_rmse" in metrics
+                       else f"test rmse {metrics['test_rmse']:#.4g}" if "test_rmse" in metrics
                        else f"test loss {metrics['test_loss']:.4f}")
         print(f"{result_text}  ({steps} steps, {wall:.1f}s, "
               f"{metrics['steps_per_second']:.0f} steps/s{_skipped(metrics)})  -> {out}" + (f", {FIGURE}" if figure else ""))
@@ -431,7 +431,7 @@ def cmd_evaluate(args) -> int:
                      **({"rmse": metrics["rmse"]} if "rmse" in metrics else {})}
             report[name] = {**named, "examples": len(x)}
             second = (f"  accuracy {100 * named['accuracy']:.2f}%" if "accuracy" in named
-                      else f"  rmse {named['rmse']:.4g}" if "rmse" in named else "")
+                      else f"  rmse {named['rmse']:#.4g}" if "rmse" in named else "")
             print(f"{name:5s}  loss {named['loss']:.4f}{second}  ({len(x)} examples)")
     if args.json:
         _write_json(args.json, report, "--json")

@@ -387,7 +387,7 @@ def _fmt(record: dict, epoch: int, epochs: int) -> str:
         if f"{name}_acc" in record:
             parts.append(f"{name} {100 * record[f'{name}_acc']:.1f}%")
         elif f"{name}_rmse" in record:
-            parts.append(f"{name} rmse {record[f'{name}_rmse']:.4g}")
+            parts.append(f"{name} rmse {record[f'{name}_rmse']:#.4g}")
         elif f"{name}_eval_loss" in record and name != "train":
             parts.append(f"{name} loss {record[f'{name}_eval_loss']:.4f}")
     parts.append(f"{record['time']:.1f}s")

@@ -31,6 +31,12 @@ CASES = {
     "batchnorm_grid.py": (["--out", "{out}"], r"BN wins at 1[0-6]/16 scales", ["batchnorm_grid.png"]),
     "hyperparameter_search.py": (["--out", "{out}"], r"(?s)random search: 12 trials x 3 epochs.*successive halving: 12 -> 4 trials.*: (NOT )?within 1 point.*halving winner test \d+\.\d%", ["hyperparameter_search.png"]),
     "kfold_cv.py": (["--out", "{out}"], r"(?s)9 configurations x 3 folds.*best: lr \S+ wd \S+.*\(b\) ensemble of the 3 fold models: test \d+\.\d%", ["kfold_cv.png"]),
+    "bring_your_own_model.py": (["--out", "{out}"],
+                                r"(?s)flax linen\s+[\d,]+ params.*test\s+(8\d|9\d|100)\.\d%.*equinox\s+[\d,]+ params"
+                                r".*(\n  seed \d [^\n]*test\s+\d+\.\d%){4}\ntest accuracy over 4 seeds: \d+\.\d% \+- \d+\.\d",
+                                ["bring_your_own_model.png"]),
+    "regression.py": (["--out", "{out}"], r"epoch 20/20 [^\n]*test rmse 0\.[0-2]\d*\s(?s:.*)fit and command agree",
+                      ["regression.png"]),
 }
 
 
