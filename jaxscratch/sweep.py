@@ -275,7 +275,10 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
     single compiled program serves every group, epoch count and trial count of a configuration,
     and successive halving compiles once instead of once per rung. Default: all trials in one
     group on an accelerator (width is what it is good at); :data:`CPU_GROUP_SIZE` on a CPU,
-    which is compute-bound at any width (measured: benchmarks/RESULTS.md).
+    which is compute-bound at any width (measured on MLPs: benchmarks/RESULTS.md). Convolutions
+    differ: vmapped over trials they become batched convolutions that XLA:CPU ran about 1.7-2x
+    slower per trial than one trial at a time (a 16-filter CNN on 28x28 images), so pass
+    ``group_size=1`` for convolutional models on a CPU.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
