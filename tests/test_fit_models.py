@@ -48,38 +48,46 @@ def _step_key(key, t):
     return jax.random.fold_in(jax.random.fold_in(key, 1), t)
 
 
+def _reference_run(loss_fn, params, state, xt, yt, key):
+    """``EPOCHS`` epochs of optax's Adam (eps 1e-7 outside the root, the book's) on fit's batches and
+    dropout keys; ``loss_fn(params, state, xb, yb, key) -> (loss, state)`` is the library's own forward."""
+    tx = optax.adam(1e-2, eps=1e-7)
+    xj, yj = jnp.asarray(xt), jnp.asarray(yt)
+
+    @jax.jit
+    def epoch(carry, idx):
+        def body(carry, batch_idx):
+            params, state, opt_state, t = carry
+            (_, state), g = jax.value_and_grad(loss_fn, has_aux=True)(params, state, xj[batch_idx], yj[batch_idx],
+                                                                       _step_key(key, t))
+            updates, opt_state = tx.update(g, opt_state, params)
+            return (optax.apply_updates(params, updates), state, opt_state, t + 1), None
+        return jax.lax.scan(body, carry, idx)[0]
+
+    carry = (params, state, tx.init(params), jnp.int32(0))
+    with jax.numpy_dtype_promotion("standard"):  # optax relies on implicit promotion
+        for e in range(EPOCHS):
+            carry = epoch(carry, _batches(key, len(xt), e))
+    return carry[:2]
+
+
 def test_fit_on_flax_equals_a_hand_written_loop_with_flax_and_optax(images, key):
     (xt, yt), _ = images
     module = FlaxCNN()
     result = train.fit(key, nn.from_flax(module, xt[:1]), optim.adam(1e-2), (xt, yt), epochs=EPOCHS,
                        batch_size=BATCH, verbose=False)
-    # the reference: flax's init/apply, optax's Adam (eps 1e-7 outside the root, the book's), fit's batches
+    # the reference: flax's own init and apply
     init_keys = jax.random.split(key, 2)
     variables = module.init({"params": init_keys[0], "dropout": init_keys[1]}, jnp.zeros_like(xt[:1]), train=False)
-    tx = optax.adam(1e-2, eps=1e-7)
 
     def loss_fn(params, stats, xb, yb, k):
         logits, upd = module.apply({"params": params, "batch_stats": stats}, xb, train=True,
                                    rngs={"dropout": jax.random.split(k, 1)[0]}, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), upd["batch_stats"]
 
-    @jax.jit
-    def epoch(carry, idx):
-        def body(carry, batch_idx):
-            params, stats, opt_state, t = carry
-            (_, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, xj[batch_idx], yj[batch_idx],
-                                                                        _step_key(key, t))
-            updates, opt_state = tx.update(g, opt_state, params)
-            return (optax.apply_updates(params, updates), stats, opt_state, t + 1), None
-        return jax.lax.scan(body, carry, idx)[0]
-
-    xj, yj = jnp.asarray(xt), jnp.asarray(yt)
-    carry = (variables["params"], variables["batch_stats"], tx.init(variables["params"]), jnp.int32(0))
-    with jax.numpy_dtype_promotion("standard"):  # optax relies on implicit promotion
-        for e in range(EPOCHS):
-            carry = epoch(carry, _batches(key, len(xt), e))
+    params, stats = _reference_run(loss_fn, variables["params"], variables["batch_stats"], xt, yt, key)
     got = (result.state.params, result.state.model_state["batch_stats"])
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(carry[:2])):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves((params, stats))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -110,7 +118,6 @@ def test_fit_on_equinox_equals_a_hand_written_loop_with_equinox_and_optax(images
                        batch_size=BATCH, verbose=False)
     model, state = factory(key)
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    tx = optax.adam(1e-2, eps=1e-7)
 
     def loss_fn(params, state, xb, yb, k):
         m = eqx.combine(params, static)
@@ -118,22 +125,8 @@ def test_fit_on_equinox_equals_a_hand_written_loop_with_equinox_and_optax(images
             xb, state, key=jax.random.split(k, xb.shape[0]))
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), state
 
-    @jax.jit
-    def epoch(carry, idx):
-        def body(carry, batch_idx):
-            params, state, opt_state, t = carry
-            (_, state), g = jax.value_and_grad(loss_fn, has_aux=True)(params, state, xj[batch_idx], yj[batch_idx],
-                                                                       _step_key(key, t))
-            updates, opt_state = tx.update(g, opt_state, params)
-            return (optax.apply_updates(params, updates), state, opt_state, t + 1), None
-        return jax.lax.scan(body, carry, idx)[0]
-
-    xj, yj = jnp.asarray(xt), jnp.asarray(yt)
-    carry = (params, state, tx.init(params), jnp.int32(0))
-    with jax.numpy_dtype_promotion("standard"):  # optax relies on implicit promotion
-        for e in range(EPOCHS):
-            carry = epoch(carry, _batches(key, len(xt), e))
-    for a, b in zip(jax.tree.leaves((result.state.params, result.state.model_state)), jax.tree.leaves(carry[:2])):
+    params, state = _reference_run(loss_fn, params, state, xt, yt, key)
+    for a, b in zip(jax.tree.leaves((result.state.params, result.state.model_state)), jax.tree.leaves((params, state))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
