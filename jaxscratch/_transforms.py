@@ -198,35 +198,41 @@ def inject_hyperparams(factory: Callable[..., Optimizer]) -> Callable[..., Optim
             return InjectState(count, hp, factory(**static, **hp).init(params))
 
         # The update reads the numbers from the state, so it depends only on the factory, the
-        # static arguments, the names and the schedules: equal ones share one function, and
-        # ``train.fit``'s compilation cache serves every value (no recompilation).
-        key = (factory, tuple(sorted(static.items())), tuple(sorted(numeric)),
-               tuple(sorted(schedules.items())))
-        try:
-            update = _INJECTED_UPDATES.get(key)
-        except TypeError:  # an unhashable static argument (a mask pytree): no sharing
-            key, update = None, None
-        if update is None:
-            update = _injected_update(factory, static, tuple(numeric), schedules)
-            if key is not None and len(_INJECTED_UPDATES) < 256:
-                _INJECTED_UPDATES[key] = update
-        return Optimizer(init, update)
+        # static arguments, the names and the schedules: equal ones compare equal, and so share
+        # ``train.fit``'s compiled programs (no recompilation for a new value).
+        return Optimizer(init, _InjectedUpdate(factory, static, tuple(numeric), schedules))
 
     return wrapped
 
 
-_INJECTED_UPDATES: dict = {}
+class _InjectedUpdate:
+    """``inject_hyperparams``'s update: a function of the factory, the static arguments, the
+    hyperparameters' names and the schedules only, equal (and hashing alike) when they are; by
+    identity when a static argument is unhashable (a mask pytree)."""
 
+    def __init__(self, factory, static: dict, names: tuple, schedules: dict):
+        self.factory, self.static, self.names, self.schedules = factory, static, names, schedules
+        try:
+            self._key = (factory, tuple(sorted(static.items())), tuple(sorted(names)),
+                         tuple(sorted(schedules.items())))
+            hash(self._key)
+        except TypeError:
+            self._key = None
 
-def _injected_update(factory, static: dict, names: tuple, schedules: dict):
-    def update(grads, state, params=None):
+    def __eq__(self, other):
+        if self._key is None or not isinstance(other, _InjectedUpdate):
+            return self is other
+        return self._key == other._key
+
+    def __hash__(self):
+        return id(self) if self._key is None else hash(self._key)
+
+    def __call__(self, grads, state, params=None):
         # schedules are evaluated at this step; numbers come from the state
-        hp = {k: jnp.asarray(schedules[k](state.count), jnp.result_type(float)) if k in schedules
-              else state.hyperparams[k] for k in names}
-        updates, inner = factory(**static, **hp).update(grads, state.inner_state, params)
+        hp = {k: jnp.asarray(self.schedules[k](state.count), jnp.result_type(float)) if k in self.schedules
+              else state.hyperparams[k] for k in self.names}
+        updates, inner = self.factory(**self.static, **hp).update(grads, state.inner_state, params)
         return updates, InjectState(_increment(state.count), hp, inner)
-
-    return update
 
 
 def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 5) -> Optimizer:

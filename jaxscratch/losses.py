@@ -16,13 +16,14 @@ where a probability underflows below ~1e-7 (where ours keeps the true, larger lo
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxscratch import _compiled
 
 __all__ = [
     "LOSSES",
@@ -192,8 +193,7 @@ LOSSES = {
 }
 
 
-@functools.lru_cache(maxsize=64)
-def _custom(fn: Callable) -> Task:
+def _custom_task(fn: Callable) -> Task:
     def per_example(outputs, y):  # the loss of each row alone: exact for a mean over the batch
         return jax.vmap(lambda o, t: fn(o[None], t[None]))(outputs, y), None
 
@@ -212,7 +212,7 @@ def task(loss) -> Task:
             raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable loss(outputs, y); got {loss!r}")
         return LOSSES[loss]
     if callable(loss):
-        return _custom(loss)
+        return _compiled.program(_custom_task, loss)  # one Task per function: fit's programs are reused
     raise TypeError(f"loss must be one of {sorted(LOSSES)} or a callable loss(outputs, y); "
                     f"got {type(loss).__name__}")
 

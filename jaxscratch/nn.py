@@ -36,12 +36,13 @@ Nothing here knows about training: no optimizer, no loss; state goes in and come
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxscratch import _compiled
 
 __all__ = ["ACTIVATIONS", "DROPOUT_MODES", "Model", "apply", "batch_norm", "dropout", "init_bn_state",
            "from_equinox", "from_flax", "init_mlp", "mlp", "mlp_model", "weight_scale", "weights_mask"]
@@ -139,14 +140,7 @@ def init_mlp(
         raise TypeError(f"dtype must be a floating dtype; got {dtype}")
     weight_scale(weight_init, sizes[0])  # a bad name fails here, not inside the trace
     args = (key, sizes, weight_init, bool(batchnorm), jnp.dtype(dtype))
-    if isinstance(key, jax.core.Tracer):  # inside someone's jit or vmap: part of their program
-        return _init_layers(*args)
-    try:
-        return _init_layers_compiled(*args)
-    except ValueError as e:  # a concrete key inside an outer trace: JAX refuses nested options
-        if "compiler_options" not in str(e):
-            raise
-        return _init_layers(*args)
+    return _compiled.once(_init_layers, *args, static_argnums=(1, 2, 3, 4))
 
 
 def _init_layers(key, sizes, weight_init, batchnorm, dtype):
@@ -163,11 +157,10 @@ def _init_layers(key, sizes, weight_init, batchnorm, dtype):
     return params
 
 
-# Called eagerly, one compiled program per architecture. Eagerly, each layer's normal draw
-# compiled on its own (13 programs, ~2.3 s on a 2-core CPU for 784-100-100-10); XLA's optimiser
-# adds nothing to a one-off draw, so it is skipped (~0.4 s), as sweep's vmapped init does.
-_init_layers_compiled = jax.jit(_init_layers, static_argnums=(1, 2, 3, 4),
-                                compiler_options={"xla_backend_optimization_level": 0})
+# Called eagerly, one compiled program per architecture (``_compiled.once``: XLA's optimiser adds
+# nothing to a one-off draw). Eagerly, each layer's normal draw compiled on its own (13 programs,
+# ~2.3 s on a 2-core CPU for 784-100-100-10). Drawing layers of one shape together (vmapped over
+# their keys) compiled faster but changed values by 1 ulp at this optimisation level: not done.
 
 
 def init_bn_state(params) -> list[dict[str, jax.Array] | None]:
@@ -337,7 +330,7 @@ def mlp_model(sizes: Sequence[int], *, activation: str = "relu", weight_init="he
     args = (sizes, activation, weight_init, bool(batchnorm), drop_rate, dropout_mode, jnp.dtype(dtype))
     if any(isinstance(a, jax.Array) for a in (weight_init, drop_rate)):
         return _mlp_model(*args)
-    return _mlp_model_cached(*args)
+    return _compiled.program(_mlp_model, *args)  # one object per configuration: fit's programs are reused
 
 
 def _mlp_model(sizes, activation, weight_init, batchnorm, drop_rate, dropout_mode, dtype) -> Model:
@@ -365,9 +358,6 @@ def _mlp_model(sizes, activation, weight_init, batchnorm, drop_rate, dropout_mod
                      drop_rate=drop_rate, dropout_mode=dropout_mode)
 
     return Model(init, apply_fn)
-
-
-_mlp_model_cached = functools.lru_cache(maxsize=64)(_mlp_model)
 
 
 def weights_mask(params):
