@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import __version__, checkpoint, compile_cache, data, nn, optim, sweep, train
+from jaxscratch import __version__, checkpoint, compile_cache, data, devices, nn, optim, sweep, train
 from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS, UsageError, _flag, _init_scale,
                                _widths, build_optimizer, build_parser, data_parallel, stored_config, train_config)
 from jaxscratch._flags import SEED_MAX, TRAIN_TYPES, _bool, _float, _hidden, _int  # noqa: F401: re-exported for tests
@@ -578,9 +578,12 @@ def main(argv=None) -> int:
 
 
 def run() -> int:
-    """The ``jaxscratch`` command itself: :func:`main` with compiled programs kept on disk between
-    runs (``compile_cache.enable``; ``JAXSCRATCH_COMPILE_CACHE=off`` disables it). ``main``
-    alone leaves JAX's settings as they are, for callers in a process of their own."""
+    """The ``jaxscratch`` command itself: :func:`main` with one JAX device per CPU core (for
+    ``compare``, whose optimizers run side by side; ``devices.use_cpu_cores``, unless
+    ``JAX_NUM_CPU_DEVICES`` says otherwise) and compiled programs kept on disk between runs
+    (``compile_cache.enable``; ``JAXSCRATCH_COMPILE_CACHE=off`` disables it). ``main`` alone
+    leaves JAX's settings as they are, for callers in a process of their own."""
+    devices.use_cpu_cores()
     compile_cache.enable()
     return main()
 

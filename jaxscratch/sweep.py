@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import _fitdata, data, losses, nn, optim, train
+from jaxscratch import _compiled, _fitdata, data, losses, nn, optim, train
 
 __all__ = ["CVResult", "Spec", "Trials", "compare_optimizers", "ensemble_accuracy", "init_trials",
            "kfold_cv", "random_search", "run_trials", "select", "successive_halving", "table",
@@ -46,11 +46,14 @@ _MLP_HPARAMS = ("drop_rate", "init_scale")
 
 def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, batch_size: int,
                        activation="relu", model: nn.Model | None = None, model_state=None,
-                       loss="cross_entropy") -> dict:
+                       loss="cross_entropy", devices=None) -> dict:
     """Train ``params`` with each optimizer on the same ``iterations`` batches.
 
     Batches are drawn as the book does (``np.random.choice(n, batch_size)`` each step, with
-    replacement) from ``key``, once, and shared by every optimizer.
+    replacement) from ``key``, once, and shared by every optimizer. Optimizers have different
+    state shapes, so each is its own program; they run side by side, optimizer ``i`` on
+    ``devices[i % len(devices)]`` (default: ``jax.local_devices()``, one per core on a CPU when
+    set up with :func:`jaxscratch.devices.use_cpu_cores`), each compiling while the others run.
 
     Args:
       key: PRNG key for the batch indices.
@@ -59,27 +62,56 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
       x, y: training inputs ``(n, ...)`` and targets (integer labels ``(n,)`` by default).
       model, model_state, loss: any ``nn.Model`` and its state (default: the book's MLP that
         ``params`` are for, with ``activation``), and the loss.
+      devices: where to run them.
 
     Returns:
       name -> ``(final TrainState, per-step losses as a NumPy array)``.
     """
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = np.asarray(x), np.asarray(y)
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive int; got {iterations!r}")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= x.shape[0]:
         raise ValueError(f"batch_size must be an int in [1, {x.shape[0]}]; got {batch_size!r}")
-    batches = jax.random.randint(key, (iterations, batch_size), 0, x.shape[0])  # (iterations, batch)
+    for name, opt in optimizers.items():
+        if not isinstance(opt, optim.Optimizer) and not (hasattr(opt, "init") and hasattr(opt, "update")):
+            raise TypeError(f"optimizers[{name!r}] must be an (init, update) pair; got {type(opt).__name__}")
+    devices = _devices(devices)
+    batches = _compiled.once(_draw_batches, key, iterations, batch_size, x.shape[0], static_argnums=(1, 2, 3))
     if model is None:
         model = nn.mlp_model(_mlp_sizes(params), activation=activation, batchnorm="gamma" in params[0])
     model_state = nn.init_bn_state(params) if model_state is None and isinstance(params, list) else model_state
     task = losses.task(loss)
-    results = {}
-    for name, opt in optimizers.items():
-        if not isinstance(opt, optim.Optimizer) and not (hasattr(opt, "init") and hasattr(opt, "update")):
-            raise TypeError(f"optimizers[{name!r}] must be an (init, update) pair; got {type(opt).__name__}")
-        state, step_losses = _run_steps_program(model, opt, task)(params, model_state, x, y, batches)
-        results[name] = (state, np.asarray(step_losses))
-    return results
+    inputs = {}  # device -> the shared inputs there (one transfer each)
+    running = {}
+    for i, (name, opt) in enumerate(optimizers.items()):
+        device = devices[i % len(devices)]
+        if device not in inputs:
+            inputs[device] = jax.device_put((params, model_state, x, y, batches), device)
+        # dispatch is asynchronous: the next optimizer compiles while this one runs
+        running[name] = _compiled.program(_build_run_steps, model, opt, task)(*inputs[device])
+    step_losses = jax.device_get({name: out[1] for name, out in running.items()})  # one transfer, after every dispatch
+    return {name: (running[name][0], np.asarray(step_losses[name])) for name in running}
+
+
+def _draw_batches(key, iterations, batch_size, n):
+    return jax.random.randint(key, (iterations, batch_size), 0, n)  # (iterations, batch)
+
+
+def _build_run_steps(model, opt, task):
+    """``train.run_steps`` compiled for a model, an optimizer (NamedTuples of functions, compared by
+    identity) and a task: a repeated comparison compiles nothing."""
+    return jax.jit(lambda p, s, x, y, b: train.run_steps(model, opt, p, s, x, y, b, loss=task))
+
+
+def _devices(devices) -> tuple:
+    """The devices a sweep spreads its trials over: ``jax.local_devices()`` by default."""
+    devices = tuple(jax.local_devices() if devices is None else devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError(f"devices must be a non-empty sequence of jax devices (e.g. jax.local_devices()); got "
+                        f"{devices!r}")
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"devices must be distinct; got {devices!r}")
+    return devices
 
 
 def _mlp_sizes(params) -> tuple:
@@ -87,13 +119,6 @@ def _mlp_sizes(params) -> tuple:
         raise TypeError(f"params are not the book's MLP (nn.init_mlp); pass model= for other models; got "
                         f"{type(params).__name__}")
     return (params[0]["w"].shape[0], *(layer["w"].shape[1] for layer in params))
-
-
-@functools.lru_cache(maxsize=32)
-def _run_steps_program(model, opt, task):
-    """``train.run_steps`` compiled, cached per model, optimizer and task: a repeated comparison
-    recompiles nothing (optimizers are NamedTuples of functions, hashable by identity)."""
-    return jax.jit(lambda p, s, x, y, b: train.run_steps(model, opt, p, s, x, y, b, loss=task))
 
 
 # ----------------------------------------------------------------- vmapped trials
@@ -202,12 +227,33 @@ def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets):
     return jax.lax.scan(body, state, None, length=epochs)
 
 
-# Initialisation runs once per sweep but, vmapped, took XLA 9-18 s to optimise on a 2-core CPU
-# (threefry under vmap); unoptimised it compiles in ~1 s and its values change by <= 1 ulp.
-# (Initialising trial by trial with nn.init_mlp's program compiles no faster and ran ~20 ms a trial.)
-_init_many = jax.jit(jax.vmap(_init_one, in_axes=(None, None, 0, 0)), static_argnums=0,
-                     compiler_options={"xla_backend_optimization_level": 0})
-_train_many = jax.jit(jax.vmap(_train_one, in_axes=(None, None, 0, 0, None, None, None)), static_argnums=(0, 1))
+def _trial_mesh(devices: tuple):
+    return jax.sharding.Mesh(np.array(devices), ("trials",))
+
+
+def _sharded(fn, devices: tuple, in_specs: tuple):
+    """``fn`` (vmapped over trials) run with its trial axis split over ``devices``: each device
+    trains its own trials, with no communication (``shard_map``); ``in_specs``: True for the
+    arguments with a trial axis, False for those every device gets whole (the data)."""
+    if len(devices) == 1:
+        return fn
+    P = jax.sharding.PartitionSpec
+    return jax.shard_map(fn, mesh=_trial_mesh(devices), in_specs=tuple(P("trials") if t else P() for t in in_specs),
+                         out_specs=P("trials"), check_vma=False)  # no collectives: nothing to check
+
+
+def _build_init_many(spec: Spec, devices: tuple):
+    # Initialisation runs once per sweep but, vmapped, took XLA 5-18 s to optimise on a 2-core
+    # CPU (its random-number loops); as a one-off program (no backend optimisation) it compiles
+    # in under 1 s, and its values change by a few ulps. (Initialising trial by trial with
+    # nn.init_mlp's program compiles no faster and ran ~20 ms a trial.)
+    fn = jax.vmap(functools.partial(_init_one, spec), in_axes=(None, 0, 0))
+    return jax.jit(_sharded(fn, devices, (False, True, True)), compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _build_train_many(spec: Spec, epochs: int, devices: tuple):
+    fn = jax.vmap(functools.partial(_train_one, spec, epochs), in_axes=(0, 0, None, None, None))
+    return jax.jit(_sharded(fn, devices, (True, True, False, False, False)))
 
 
 def _host_columns(trees: list) -> tuple:
@@ -221,13 +267,29 @@ def _host_columns(trees: list) -> tuple:
     return columns, impls, treedef
 
 
-def _put_rows(host: tuple, rows) -> Any:
-    """Rows ``rows`` of :func:`_host_columns`'s trees, back on the device. Gathering on the host
-    compiles nothing; on the device it compiled a program for every number of trials (each rung
-    of successive halving)."""
+def _put_rows(host: tuple, rows, sharding=None) -> Any:
+    """Rows ``rows`` of :func:`_host_columns`'s trees, back on the device (or split over the
+    devices of ``sharding`` along the trial axis). Gathering on the host compiles nothing; on the
+    device it compiled a program for every number of trials (each rung of successive halving)."""
     columns, impls, treedef = host
-    leaves = jax.device_put([c[rows] for c in columns])
+    leaves = jax.device_put([c[rows] for c in columns], sharding)
     return treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a for a, impl in zip(leaves, impls)])
+
+
+def _trial_sharding(devices: tuple):
+    """Where a group's trial-axis arrays go: split over ``devices``; ``None`` (JAX's default
+    placement) for the default device alone. Every call places its arguments alike, so one
+    compiled program serves them all (JAX keys programs on their inputs' placement too)."""
+    if len(devices) == 1:
+        return None if devices[0] == jax.local_devices()[0] else jax.sharding.SingleDeviceSharding(devices[0])
+    return jax.sharding.NamedSharding(_trial_mesh(devices), jax.sharding.PartitionSpec("trials"))
+
+
+def _replicated(tree, devices: tuple):
+    """``tree`` whole on every device of ``devices`` (the data every trial reads)."""
+    if len(devices) == 1:
+        return jax.device_put(tree, _trial_sharding(devices))
+    return jax.device_put(tree, jax.sharding.NamedSharding(_trial_mesh(devices), jax.sharding.PartitionSpec()))
 
 
 def _hparams(hparams: dict) -> tuple[dict, int]:
@@ -238,14 +300,21 @@ def _hparams(hparams: dict) -> tuple[dict, int]:
     return arrays, next(iter(sizes.values()), 1)
 
 
-def init_trials(key, spec: Spec, hparams: dict, seeds=None) -> Trials:
-    """``T`` fresh trials; ``seeds`` (default ``0..T-1``) pick each one's initial weights."""
+def init_trials(key, spec: Spec, hparams: dict, seeds=None, *, devices=None) -> Trials:
+    """``T`` fresh trials; ``seeds`` (default ``0..T-1``) pick each one's initial weights.
+    ``devices`` (default ``jax.local_devices()``) share the work."""
     hp, n = _hparams(hparams)
     _check_spec(spec, hp)
+    devices = _devices(devices)
     seeds = jnp.arange(n, dtype=jnp.int32) if seeds is None else jnp.asarray(seeds, jnp.int32).reshape(-1)
     if seeds.shape[0] != n:
         raise ValueError(f"seeds must have one entry per trial ({n}); got {seeds.shape[0]}")
-    return Trials(_init_many(spec, key, seeds, hp), hp, seeds, {})
+    init = _compiled.program(_build_init_many, spec, devices)
+    rows = np.minimum(np.arange(-(-n // len(devices)) * len(devices)), n - 1)  # pad: repeat the last trial
+    state = init(_replicated(key, devices), *_put_rows(_host_columns([(seeds, hp)]), rows, _trial_sharding(devices)))
+    if len(rows) > n:
+        state = _put_rows(_host_columns([state]), np.arange(n), _trial_sharding(devices[:1]))  # drop the padding
+    return Trials(state, hp, seeds, {})
 
 
 def _pairs(spec: Spec, hp: dict, train_data, validation, test) -> tuple:
@@ -261,44 +330,53 @@ def _pairs(spec: Spec, hp: dict, train_data, validation, test) -> tuple:
     return sets["train"][0], sets["train"][1], sets
 
 
-# On a CPU, trials train in groups of this many, one compiled program serving every group, every
-# epoch and every rung of successive halving; elsewhere all trials form one group (see train_trials).
+# On a CPU, each device trains its trials in groups of this many, one compiled program serving
+# every group, every epoch and every rung of successive halving; elsewhere all trials form one
+# group (see train_trials).
 CPU_GROUP_SIZE = 4
 
 
 def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validation=None, test=None,
-                 group_size: int | None = None) -> Trials:
+                 group_size: int | None = None, devices=None) -> Trials:
     """Train every trial ``epochs`` more epochs.
 
-    Trials are ``vmap``-ed in groups of ``group_size`` (the last group padded with repeats of the
-    last trial, whose results are dropped), and every call trains one group for one epoch. So a
-    single compiled program serves every group, epoch count and trial count of a configuration,
-    and successive halving compiles once instead of once per rung. Default: all trials in one
-    group on an accelerator (width is what it is good at); :data:`CPU_GROUP_SIZE` on a CPU,
-    which is compute-bound at any width (measured on MLPs: benchmarks/RESULTS.md). Convolutions
-    differ: vmapped over trials they become batched convolutions that XLA:CPU ran about 1.7-2x
-    slower per trial than one trial at a time (a 16-filter CNN on 28x28 images), so pass
-    ``group_size=1`` for convolutional models on a CPU.
+    The trials are split over ``devices`` (default ``jax.local_devices()``: every GPU or TPU, or
+    one CPU device per core once :func:`jaxscratch.devices.use_cpu_cores` has run; the devices
+    never communicate) and ``vmap``-ed in groups of ``group_size`` per device (the last group
+    padded with repeats of the last trial, whose results are dropped); every call trains one
+    group for one epoch. So a single compiled program serves every group, epoch count and trial
+    count of a configuration, and successive halving compiles once instead of once per rung.
+    Default: all trials in one group on an accelerator (width is what it is good at);
+    :data:`CPU_GROUP_SIZE` per device on a CPU, which is compute-bound at any width (measured on
+    MLPs: benchmarks/RESULTS.md). Convolutions differ: vmapped over trials they become batched
+    convolutions that XLA:CPU ran about 1.7-2x slower per trial than one trial at a time (a
+    16-filter CNN on 28x28 images), so pass ``group_size=1`` for convolutional models on a CPU.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
+    devices = _devices(devices)
     x, y, sets = _pairs(spec, trials.hparams, train_data, validation, test)
-    n = int(trials.seeds.shape[0])
+    x, y, sets = _replicated((x, y, sets), devices)  # one upload per call
+    n, d = int(trials.seeds.shape[0]), len(devices)
     if group_size is None:
-        group_size = CPU_GROUP_SIZE if jax.default_backend() == "cpu" else n
+        group_size = CPU_GROUP_SIZE if devices[0].platform == "cpu" else -(-n // d)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be a positive int; got {group_size!r}")
-    width = group_size  # fewer trials than that are padded too: the same program serves them
+    width = group_size * d  # fewer trials than that are padded too: the same program serves them
     groups = -(-n // width)
     index = np.minimum(np.arange(groups * width), n - 1).reshape(groups, width)  # pad: repeat the last trial
     whole = groups == 1 and width == n  # one group of every trial: nothing to gather
     host = None if whole else _host_columns([(trials.state, trials.hparams)])
+    program = _compiled.program(_build_train_many, spec, 1, devices)
     states, records = [], []
     for g in range(groups):
-        state, hp = (trials.state, trials.hparams) if whole else _put_rows(host, index[g])
+        if whole:
+            state, hp = jax.device_put((trials.state, trials.hparams), _trial_sharding(devices))
+        else:
+            state, hp = _put_rows(host, index[g], _trial_sharding(devices))
         per_epoch = []
         for _ in range(epochs):
-            state, record = _train_many(spec, 1, state, hp, x, y, sets)  # record: metric -> (width, 1)
+            state, record = program(state, hp, x, y, sets)  # record: metric -> (width, 1)
             per_epoch.append(record)
         states.append(state)
         records.append(per_epoch)
@@ -312,10 +390,10 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
 
 
 def run_trials(key, spec: Spec, hparams: dict, train_data, *, epochs: int, validation=None, test=None,
-               seeds=None, group_size: int | None = None) -> Trials:
+               seeds=None, group_size: int | None = None, devices=None) -> Trials:
     """:func:`init_trials` then :func:`train_trials`."""
-    return train_trials(init_trials(key, spec, hparams, seeds), spec, train_data, epochs=epochs,
-                        validation=validation, test=test, group_size=group_size)
+    return train_trials(init_trials(key, spec, hparams, seeds, devices=devices), spec, train_data, epochs=epochs,
+                        validation=validation, test=test, group_size=group_size, devices=devices)
 
 
 def select(trials: Trials, index) -> Trials:
@@ -357,19 +435,19 @@ def _log_uniform(key, ranges: dict, n: int) -> dict:
 
 
 def random_search(key, spec: Spec, ranges: dict, train_data, validation, *, n_trials: int, epochs: int,
-                  test=None, group_size: int | None = None) -> tuple[Trials, list[dict]]:
+                  test=None, group_size: int | None = None, devices=None) -> tuple[Trials, list[dict]]:
     """The book's search: each hyperparameter ``10 ** U(log10 low, log10 high)``, every trial
     trained ``epochs`` epochs; returns the trials and their table, best validation accuracy (for
     regression and custom losses: lowest validation loss) first."""
     hp = _log_uniform(jax.random.fold_in(key, 1), ranges, n_trials)
     trials = run_trials(key, spec, hp, train_data, epochs=epochs, validation=validation, test=test,
-                        group_size=group_size)
+                        group_size=group_size, devices=devices)
     return trials, table(trials)
 
 
 def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *, n_trials: int,
                        max_epochs: int, min_epochs: int = 1, eta: int = 3, test=None,
-                       group_size: int | None = None) -> tuple[Trials, list[dict], dict]:
+                       group_size: int | None = None, devices=None) -> tuple[Trials, list[dict], dict]:
     """Random search that stops bad trials early.
 
     Rung ``i`` trains the survivors up to ``min_epochs * eta ** i`` epochs (the last rung to
@@ -385,12 +463,12 @@ def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *,
     if not 1 <= min_epochs <= max_epochs:
         raise ValueError(f"need 1 <= min_epochs <= max_epochs; got {min_epochs} and {max_epochs}")
     hp = _log_uniform(jax.random.fold_in(key, 1), ranges, n_trials)
-    trials = init_trials(key, spec, hp)
+    trials = init_trials(key, spec, hp, devices=devices)
     done, spent, rungs, budget = 0, 0, [], min_epochs
     while True:
         budget = min(budget, max_epochs)
         trials = train_trials(trials, spec, train_data, epochs=budget - done, validation=validation, test=test,
-                              group_size=group_size)
+                              group_size=group_size, devices=devices)
         spent += (budget - done) * int(trials.seeds.shape[0])
         rungs.append({"epochs": budget, "trials": int(trials.seeds.shape[0])})
         done = budget
@@ -416,8 +494,10 @@ class CVResult(NamedTuple):
     best: int             # the configuration with the lowest mean validation loss
 
 
-def kfold_cv(key, spec: Spec, hparams: dict, x, y, *, k: int, epochs: int, seed: int = 0) -> CVResult:
-    """K-fold cross-validation of ``C`` configurations, vmapped over configurations and folds.
+def kfold_cv(key, spec: Spec, hparams: dict, x, y, *, k: int, epochs: int, seed: int = 0,
+             devices=None) -> CVResult:
+    """K-fold cross-validation of ``C`` configurations, vmapped over configurations and folds,
+    the configurations split over ``devices`` (default ``jax.local_devices()``).
 
     Folds are :func:`data.kfold_indices`'s: equal validation folds of ``n // k`` samples, the
     ``n % k`` left over by the seeded shuffle in every fold's training set (trained on, never
@@ -425,22 +505,30 @@ def kfold_cv(key, spec: Spec, hparams: dict, x, y, *, k: int, epochs: int, seed:
     """
     hp, c = _hparams(hparams)
     _check_spec(spec, hp)
+    devices = _devices(devices)
     x, y = np.asarray(x), np.asarray(y)
     folds_idx = data.kfold_indices(len(x), k, seed=seed)
     train_idx, val_idx = (np.stack([f[i] for f in folds_idx]) for i in (0, 1))  # (k, n - n//k), (k, n//k)
-    xs, ys, xv, yv = (jnp.asarray(a) for a in (x[train_idx], y[train_idx], x[val_idx], y[val_idx]))
-    folds = jnp.arange(k, dtype=jnp.int32)
+    folds = _replicated((x[train_idx], y[train_idx], x[val_idx], y[val_idx]), devices)  # arguments, not constants
+    rows = np.minimum(np.arange(-(-c // len(devices)) * len(devices)), c - 1)  # pad: repeat the last configuration
+    padded = _put_rows(_host_columns([hp]), rows, _trial_sharding(devices))
+    state, records = _compiled.program(_build_kfold, spec, epochs, k, devices)(_replicated(key, devices), padded, *folds)
+    state = _put_rows(_host_columns([state]), np.arange(c), _trial_sharding(devices[:1]))
+    records = jax.device_get(records)
+    val_loss = np.asarray(records["val_eval_loss"][:c, :, -1])
+    val_acc = np.asarray(records["val_acc"][:c, :, -1]) if "val_acc" in records else None
+    return CVResult(hp, val_loss, val_acc, state, int(np.argmin(val_loss.mean(axis=1))))
 
-    def one_config(hp_c):
+
+def _build_kfold(spec: Spec, epochs: int, k: int, devices: tuple):
+    def one_config(key, hp_c, xs, ys, xv, yv):
         def one_fold(fold, xf, yf, xvf, yvf):
             state = _init_one(spec, key, fold, hp_c)
             return _train_one(spec, epochs, state, hp_c, xf, yf, {"val": (xvf, yvf)})
-        return jax.vmap(one_fold)(folds, xs, ys, xv, yv)
+        return jax.vmap(one_fold)(jnp.arange(k, dtype=jnp.int32), xs, ys, xv, yv)
 
-    state, records = jax.jit(jax.vmap(one_config))(hp)
-    val_loss = np.asarray(records["val_eval_loss"][..., -1])
-    val_acc = np.asarray(records["val_acc"][..., -1]) if "val_acc" in records else None
-    return CVResult(hp, val_loss, val_acc, state, int(np.argmin(val_loss.mean(axis=1))))
+    configs = jax.vmap(one_config, in_axes=(None, 0, None, None, None, None))
+    return jax.jit(_sharded(configs, devices, (False, True, False, False, False, False)))
 
 
 def ensemble_accuracy(states, x, y, *, activation="relu", model: nn.Model | None = None) -> float:
