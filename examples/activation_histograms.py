@@ -45,7 +45,11 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import jaxscratch  # noqa: E402
 from jaxscratch import nn  # noqa: E402
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 SAMPLES, WIDTH, LAYERS = 1000, 100, 5      # the book's randn(1000, 100) through 5 x 100 units
 INITS = (1.0, 0.01, "xavier", "he")        # the book's four scales (Figures 6-10 to 6-14)

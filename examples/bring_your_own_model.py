@@ -39,7 +39,11 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import jaxscratch  # noqa: E402
 from jaxscratch import data, nn, optim, train, sweep  # noqa: E402
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 FILTERS, KERNEL = 16, 3    # 16 3x3 filters: the book's 30 5x5 would leave little of an 8x8 digit
 HIDDEN = 100               # the book's SimpleConvNet hidden_size

@@ -19,7 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jaxscratch
 from jaxscratch import data, gradcheck, losses, nn
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 SEED = 0
 HIDDEN = 50  # the book's TwoLayerNet hidden width

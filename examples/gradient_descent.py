@@ -22,7 +22,11 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
+import jaxscratch
 from jaxscratch import landscapes
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 START = (-3.0, 4.0)  # the book's init_x
 LEARNING_RATE = 0.1  # the book's lr; 10 and 1e-10 show too large and too small

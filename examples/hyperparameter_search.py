@@ -40,7 +40,11 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import jaxscratch  # noqa: E402
 from jaxscratch import data, sweep  # noqa: E402
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 TRAIN_SIZE = 500           # the book's x_train[:500]: a search must be cheap
 VALIDATION = 0.2           # the book's validation_rate

@@ -44,7 +44,11 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import jaxscratch  # noqa: E402
 from jaxscratch import data, sweep  # noqa: E402
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 TRAIN_SIZE = 1000          # small enough to overfit, so weight decay can matter
 FOLDS = 5                  # the usual K: 800 to train, 200 to validate, per fold

@@ -41,7 +41,11 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+import jaxscratch  # noqa: E402
 from jaxscratch import data, nn, optim, plot, sweep, train  # noqa: E402
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 HIDDEN = (100,) * 4       # the book's 784-100-100-100-100-10
 BATCH_SIZE = 128          # the book's batch_size

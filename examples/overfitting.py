@@ -43,7 +43,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+import jaxscratch  # noqa: E402
 from jaxscratch import data, nn, optim, train  # noqa: E402
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 TRAIN_SAMPLES = 300       # the book's x_train[:300]: small enough to overfit
 HIDDEN = (100,) * 6       # the book's hidden_size_list=[100] * 6: big enough to overfit

@@ -16,7 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jaxscratch
 from jaxscratch import data, losses, nn, optim
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 HIDDEN = (100, 100)      # the book's hidden width, two layers: enough for 8x8 digits
 LEARNING_RATE = 1e-3     # the book's Adam default

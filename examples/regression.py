@@ -46,7 +46,11 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import jaxscratch  # noqa: E402
 from jaxscratch import data, nn, optim, train  # noqa: E402
+
+jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
+jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
 
 N_TRAIN, N_TEST = 1000, 500  # small enough for seconds, enough to see the noise floor
 NOISE = 0.1                  # noise std: the best test RMSE any model can reach
