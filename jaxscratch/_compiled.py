@@ -28,12 +28,13 @@ from typing import Any
 
 import jax
 
-__all__ = ["MAX_PROGRAMS", "clear", "info", "once", "program"]
+__all__ = ["MAX_PROGRAMS", "clear", "info", "once", "precompile", "program"]
 
 MAX_PROGRAMS = 256
 _ONE_OFF = {"xla_backend_optimization_level": 0}
 _programs: collections.OrderedDict = collections.OrderedDict()
 _counts = {"builds": 0, "hits": 0}
+_precompiled: set = set()
 
 
 def program(build: Callable[..., Any], *config) -> Any:
@@ -69,9 +70,30 @@ def once(fn: Callable, *args, static_argnums: tuple = ()) -> Any:
         return compiled(*args)
 
 
+def precompile(fn, *args) -> None:
+    """Compile the jitted ``fn`` for arguments like ``args`` (arrays or ``jax.ShapeDtypeStruct``s,
+    with their shardings) now, once per signature, so that its first call does not compile; JAX
+    keeps the executable for that call. Callers use it to compile before they block on a
+    computation already running (sweeps: while the trials initialise), or before an epoch runs
+    beside the compiler (``fit``)."""
+    signature = (fn, jax.tree.structure(args), tuple(
+        (jax.typeof(a).shape, jax.typeof(a).dtype, getattr(a, "sharding", None)) for a in jax.tree.leaves(args)))
+    try:
+        if signature in _precompiled:
+            return
+    except TypeError:  # an unhashable sharding: just compile
+        signature = None
+    fn.lower(*args).compile()
+    if signature is not None:
+        if len(_precompiled) > 4 * MAX_PROGRAMS:
+            _precompiled.clear()
+        _precompiled.add(signature)
+
+
 def clear() -> None:
     """Forget every program (JAX's own caches may still hold compiled executables)."""
     _programs.clear()
+    _precompiled.clear()
 
 
 def info() -> dict:

@@ -45,7 +45,8 @@ import jax.numpy as jnp
 from jaxscratch import _compiled
 
 __all__ = ["ACTIVATIONS", "DROPOUT_MODES", "Model", "apply", "batch_norm", "dropout", "init_bn_state",
-           "from_equinox", "from_flax", "init_mlp", "mlp", "mlp_model", "weight_scale", "weights_mask"]
+           "from_equinox", "from_flax", "init_mlp", "mlp", "mlp_model", "unit_normals", "weight_scale",
+           "weights_mask"]
 
 DROPOUT_MODES = ("inverted", "textbook")
 
@@ -144,12 +145,25 @@ def init_mlp(
 
 
 def _init_layers(key, sizes, weight_init, batchnorm, dtype):
+    return _layers_from_normals(unit_normals(key, sizes, dtype), weight_init, batchnorm)
+
+
+def unit_normals(key, sizes: Sequence[int], dtype=jnp.float32) -> list[jax.Array]:
+    """The standard normal draws :func:`init_mlp` scales into its weights, one ``(n_in, n_out)``
+    array per layer: ``normal(split(key, L)[i])``. Sweeps draw them in a program of their own
+    that every configuration of one architecture shares (initial scale, batch norm, optimizer)."""
     keys = jax.random.split(key, len(sizes) - 1)
+    return [jax.random.normal(k, (n_in, n_out), dtype) for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])]
+
+
+def _layers_from_normals(normals, weight_init, batchnorm) -> list[dict]:
+    """:func:`init_mlp`'s parameters from its :func:`unit_normals`; ``weight_init`` may be traced
+    (a standard deviation)."""
     params = []
-    for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:]):
-        std = weight_scale(weight_init, n_in)
-        w = std * jax.random.normal(k, (n_in, n_out), dtype)  # (n_in, n_out)
-        params.append({"w": w, "b": jnp.zeros((n_out,), dtype)})
+    for z in normals:
+        n_in, n_out = z.shape
+        std = weight_init.astype(z.dtype) if isinstance(weight_init, jax.Array) else weight_scale(weight_init, n_in)
+        params.append({"w": std * z, "b": jnp.zeros((n_out,), z.dtype)})  # w: (n_in, n_out)
     if batchnorm:
         for layer in params[:-1]:
             layer["gamma"] = jnp.ones_like(layer["b"])

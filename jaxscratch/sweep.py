@@ -209,6 +209,19 @@ def _init_one(spec: Spec, key, seed, hp):
     return train.init_state(k, params, _optimizer(spec, hp), model_state)
 
 
+def _mlp_draws(sizes: tuple, key, seed):
+    """What the book's MLP draws at random for trial ``seed``: its key and its unit normals."""
+    k = jax.random.fold_in(key, seed)
+    return k, nn.unit_normals(k, sizes)
+
+
+def _mlp_state(spec: Spec, k, normals, hp):
+    """A trial's initial state from :func:`_mlp_draws` (no random numbers: a small program)."""
+    weight_init = hp.get("init_scale", spec.weight_init)
+    params = nn._layers_from_normals(normals, weight_init, spec.batchnorm)
+    return train.init_state(k, params, _optimizer(spec, hp), nn.init_bn_state(params))
+
+
 def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets):
     model = _model(spec, hp)
     epoch_fn = train.make_epoch(model, _optimizer(spec, hp), batch_size=spec.batch_size, sampling=spec.sampling,
@@ -242,13 +255,38 @@ def _sharded(fn, devices: tuple, in_specs: tuple):
                          out_specs=P("trials"), check_vma=False)  # no collectives: nothing to check
 
 
+# Initialisation runs once per sweep but, vmapped, took XLA 5-18 s to optimise on a 2-core CPU
+# (its random-number loops); as a one-off program (no backend optimisation) it compiles in under
+# 1 s, and its values change by a few ulps. (Initialising trial by trial with nn.init_mlp's
+# program compiles no faster and ran ~20 ms a trial.) The book's MLP draws its random numbers in
+# a program keyed on its sizes alone, shared by every spec of that architecture (batch norm or
+# not, any optimizer: the batch-norm grid's two specs, a search and its halving), and builds the
+# state in a second program without random numbers, which compiles in a fraction of the time.
+_ONE_OFF = {"xla_backend_optimization_level": 0}
+
+
 def _build_init_many(spec: Spec, devices: tuple):
-    # Initialisation runs once per sweep but, vmapped, took XLA 5-18 s to optimise on a 2-core
-    # CPU (its random-number loops); as a one-off program (no backend optimisation) it compiles
-    # in under 1 s, and its values change by a few ulps. (Initialising trial by trial with
-    # nn.init_mlp's program compiles no faster and ran ~20 ms a trial.)
     fn = jax.vmap(functools.partial(_init_one, spec), in_axes=(None, 0, 0))
-    return jax.jit(_sharded(fn, devices, (False, True, True)), compiler_options={"xla_backend_optimization_level": 0})
+    return jax.jit(_sharded(fn, devices, (False, True, True)), compiler_options=_ONE_OFF)
+
+
+def _build_mlp_draws(sizes: tuple, devices: tuple):
+    fn = jax.vmap(functools.partial(_mlp_draws, sizes), in_axes=(None, 0))
+    return jax.jit(_sharded(fn, devices, (False, True)), compiler_options=_ONE_OFF)
+
+
+def _build_mlp_states(spec: Spec, devices: tuple):
+    fn = jax.vmap(functools.partial(_mlp_state, spec))
+    return jax.jit(_sharded(fn, devices, (True, True, True)))
+
+
+def _init_program(spec: Spec, devices: tuple):
+    """``init(key, seeds, hp) -> state`` for the trials of ``spec`` (leaves ``(T, ...)``)."""
+    if spec.model is not None:
+        return _compiled.program(_build_init_many, spec, devices)
+    draws = _compiled.program(_build_mlp_draws, tuple(spec.sizes), devices)
+    states = _compiled.program(_build_mlp_states, spec, devices)
+    return lambda key, seeds, hp: states(*draws(key, seeds), hp)
 
 
 def _build_train_many(spec: Spec, epochs: int, devices: tuple):
@@ -309,7 +347,7 @@ def init_trials(key, spec: Spec, hparams: dict, seeds=None, *, devices=None) -> 
     seeds = jnp.arange(n, dtype=jnp.int32) if seeds is None else jnp.asarray(seeds, jnp.int32).reshape(-1)
     if seeds.shape[0] != n:
         raise ValueError(f"seeds must have one entry per trial ({n}); got {seeds.shape[0]}")
-    init = _compiled.program(_build_init_many, spec, devices)
+    init = _init_program(spec, devices)
     rows = np.minimum(np.arange(-(-n // len(devices)) * len(devices)), n - 1)  # pad: repeat the last trial
     state = init(_replicated(key, devices), *_put_rows(_host_columns([(seeds, hp)]), rows, _trial_sharding(devices)))
     if len(rows) > n:
@@ -366,14 +404,18 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
     groups = -(-n // width)
     index = np.minimum(np.arange(groups * width), n - 1).reshape(groups, width)  # pad: repeat the last trial
     whole = groups == 1 and width == n  # one group of every trial: nothing to gather
-    host = None if whole else _host_columns([(trials.state, trials.hparams)])
     program = _compiled.program(_build_train_many, spec, 1, devices)
+    sharding = _trial_sharding(devices)
+    group = jax.tree.map(lambda a: jax.ShapeDtypeStruct((width,) + a.shape[1:], a.dtype, sharding=sharding),
+                         (trials.state, trials.hparams))
+    _compiled.precompile(program, *group, x, y, sets)  # while the trials may still be initialising
+    host = None if whole else _host_columns([(trials.state, trials.hparams)])
     states, records = [], []
     for g in range(groups):
         if whole:
-            state, hp = jax.device_put((trials.state, trials.hparams), _trial_sharding(devices))
+            state, hp = jax.device_put((trials.state, trials.hparams), sharding)
         else:
-            state, hp = _put_rows(host, index[g], _trial_sharding(devices))
+            state, hp = _put_rows(host, index[g], sharding)
         per_epoch = []
         for _ in range(epochs):
             state, record = program(state, hp, x, y, sets)  # record: metric -> (width, 1)

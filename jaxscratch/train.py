@@ -31,8 +31,9 @@ Contract:
     donated), evaluates the train/validation/test sets after each with the one evaluator that
     :func:`evaluate` also uses, keeps the best state besides the last, and returns the per-step
     losses and per-epoch metrics as NumPy arrays. No host transfer happens inside an epoch.
-  * Compilation: ``fit`` keeps its compiled epoch and evaluation programs in a cache keyed by the
-    model, the task, ``optimizer.update`` and the static configuration, so a second ``fit`` with
+  * Compilation: ``fit`` keeps its compiled epoch and evaluation programs in the library's one
+    cache of programs (the private ``_compiled``), keyed by the model, the task,
+    ``optimizer.update`` and the static configuration, so a second ``fit`` with
     the same objects (``nn.mlp_model`` returns the same object for the same arguments; an
     ``optim.inject_hyperparams`` optimizer with other values) or another ``weight_decay`` value
     compiles nothing.
@@ -43,7 +44,6 @@ Contract:
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import _fitdata, data, losses, nn, optim
+from jaxscratch import _compiled, _fitdata, data, losses, nn, optim
 
 __all__ = ["FitResult", "Hyper", "TrainState", "evaluate", "fit", "init_state", "make_epoch",
            "make_train_step", "run_steps", "SAMPLINGS"]
@@ -242,11 +242,16 @@ def _check_finite(step_losses: np.ndarray, params_finite: bool, step: int, epoch
 
 
 # ----------------------------------------------------------------- fit
-@functools.lru_cache(maxsize=32)
 def _programs(model, task, update, *, batch_size, sampling, n, use_weight_decay, mask_leaves, compute_dtype,
               mesh, data_axis) -> tuple[Callable, Callable]:
-    """The compiled epoch and evaluation-chunk programs of a configuration (cached: see the
-    module docstring). Both take every set in ``fit``'s chunk layout (:func:`_layout`)."""
+    """The compiled epoch and evaluation-chunk programs of a configuration, kept by
+    ``_compiled.program``. Both take every set in ``fit``'s chunk layout (``_fitdata.layout``)."""
+    return _compiled.program(_build_programs, model, task, update, batch_size, sampling, n, use_weight_decay,
+                             mask_leaves, compute_dtype, mesh, data_axis)
+
+
+def _build_programs(model, task, update, batch_size, sampling, n, use_weight_decay, mask_leaves, compute_dtype,
+                    mesh, data_axis) -> tuple[Callable, Callable]:
     sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
     epoch = make_epoch(model, optim.Optimizer(None, update), batch_size=batch_size, sampling=sampling,
                        sharding=sharding, loss=task, use_weight_decay=use_weight_decay,
@@ -289,7 +294,20 @@ def _placement(mesh, data_axis, batch_size):
         raise ValueError(f"batch_size must be a multiple of the {devices} devices on mesh axis {data_axis!r}; "
                          f"got {batch_size}")
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return data_axis, devices, lambda a: jax.device_put(a, replicated)
+    if replicated.is_fully_addressable:  # this process holds every device of the mesh
+        return data_axis, devices, lambda a: jax.device_put(a, replicated)
+    return data_axis, devices, lambda tree: jax.tree.map(lambda a: _put_across_processes(a, replicated), tree)
+
+
+def _put_across_processes(a, replicated):
+    """``jax.device_put(a, replicated)`` for a mesh that spans several processes
+    (``jax.distributed``). Every process passes the same value, and device_put checks that they
+    agree. It refuses typed PRNG keys there ("must be a Device or a Sharding which represents
+    addressable devices"), so a key travels as its raw ``uint32`` data and is wrapped again."""
+    if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+        raw = jax.device_put(jax.random.key_data(a), replicated)
+        return jax.random.wrap_key_data(raw, impl=jax.random.key_impl(a))
+    return jax.device_put(a, replicated)
 
 
 def _check_settings(epochs, batch_size, n, sampling, compute_dtype, weight_decay) -> None:
@@ -440,8 +458,8 @@ def fit(key, model: nn.Model, optimizer: optim.Optimizer, train, *, epochs: int,
                           for i in range(len(history.get("epoch", [])))) if s is not None]
     best_score = max(scores, default=-math.inf)
     if step // run.steps_per_epoch < epochs:  # compile both programs first (cached): faster than beside an epoch
-        run.epoch_fn.lower(state, run.arrays[0], run.arrays[1], run.hyper).compile()
-        run.eval_fn.lower(state.params, state.model_state, *run.arrays, run.index[0]).compile()
+        _compiled.precompile(run.epoch_fn, state, run.arrays[0], run.arrays[1], run.hyper)
+        _compiled.precompile(run.eval_fn, state.params, state.model_state, *run.arrays, run.index[0])
     for epoch in range(step // run.steps_per_epoch + 1, epochs + 1):
         start = time.perf_counter()
         state, (step_losses, params_finite) = run.epoch_fn(state, run.arrays[0], run.arrays[1], run.hyper)
