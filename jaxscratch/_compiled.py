@@ -13,8 +13,9 @@ Contract:
     compiled in 1.8 s with it and 0.4-0.6 s without; its values differ by a few ulps, and are
     the same as 0.4's, which compiled it the same way). Called with traced arguments (inside
     the caller's ``jit`` or ``vmap``) it traces ``fn`` into the caller's program; with concrete
-    arguments inside someone else's trace it runs eagerly as a constant of that trace
-    (``jax.ensure_compile_time_eval``), since JAX refuses compiler options on a nested jit.
+    arguments inside someone else's trace it still runs as its own program, its results
+    constants of that trace (an executable compiled ahead of time, since JAX refuses compiler
+    options on a nested jit); one executable per argument signature.
   * Functions a configuration holds are compared as they compare themselves: by identity,
     unless they define equality (``optim.inject_hyperparams``'s update functions compare equal
     when built from the same factory, static arguments and schedules, so a new learning rate
@@ -28,13 +29,14 @@ from typing import Any
 
 import jax
 
-__all__ = ["MAX_PROGRAMS", "clear", "info", "once", "precompile", "program"]
+__all__ = ["MAX_PROGRAMS", "ONE_OFF", "clear", "info", "once", "precompile", "program"]
 
 MAX_PROGRAMS = 256
-_ONE_OFF = {"xla_backend_optimization_level": 0}
+ONE_OFF = {"xla_backend_optimization_level": 0}  # compiler options of one-off programs
 _programs: collections.OrderedDict = collections.OrderedDict()
 _counts = {"builds": 0, "hits": 0}
 _precompiled: set = set()
+_executables: collections.OrderedDict = collections.OrderedDict()  # once's, by signature
 
 
 def program(build: Callable[..., Any], *config) -> Any:
@@ -56,18 +58,32 @@ def program(build: Callable[..., Any], *config) -> Any:
     return built
 
 
-def _one_off(fn, static_argnums):
-    return jax.jit(fn, static_argnums=static_argnums, compiler_options=_ONE_OFF)
+def _signature(leaves) -> tuple:
+    return tuple((jax.typeof(a).shape, jax.typeof(a).dtype, getattr(a, "sharding", None)) for a in leaves)
 
 
 def once(fn: Callable, *args, static_argnums: tuple = ()) -> Any:
     """``fn(*args)`` as a one-off program (see the module docstring); ``static_argnums`` as ``jax.jit``'s."""
+    static = tuple(args[i] for i in static_argnums)
     dynamic = [a for i, a in enumerate(args) if i not in static_argnums]
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(dynamic)):
+    leaves, treedef = jax.tree.flatten(dynamic)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
         return fn(*args)  # part of the caller's program
-    compiled = program(_one_off, fn, tuple(static_argnums))
-    with jax.ensure_compile_time_eval():  # concrete inside an outer trace: evaluate now
-        return compiled(*args)
+    # An executable compiled ahead of time runs on concrete arguments even inside someone else's
+    # trace (its results become constants there), where JAX refuses a nested jit with options.
+    key = (fn, tuple(static_argnums), static, treedef, _signature(leaves))
+    executable = _executables.get(key)
+    if executable is None:
+        lowered = jax.jit(fn, static_argnums=static_argnums).lower(*args)
+        executable = lowered.compile(compiler_options=ONE_OFF)
+        _executables[key] = executable
+        _counts["builds"] += 1
+        if len(_executables) > MAX_PROGRAMS:
+            _executables.popitem(last=False)
+    else:
+        _executables.move_to_end(key)
+        _counts["hits"] += 1
+    return executable(*dynamic)
 
 
 def precompile(fn, *args) -> None:
@@ -76,8 +92,7 @@ def precompile(fn, *args) -> None:
     keeps the executable for that call. Callers use it to compile before they block on a
     computation already running (sweeps: while the trials initialise), or before an epoch runs
     beside the compiler (``fit``)."""
-    signature = (fn, jax.tree.structure(args), tuple(
-        (jax.typeof(a).shape, jax.typeof(a).dtype, getattr(a, "sharding", None)) for a in jax.tree.leaves(args)))
+    signature = (fn, jax.tree.structure(args), _signature(jax.tree.leaves(args)))
     try:
         if signature in _precompiled:
             return
@@ -94,8 +109,9 @@ def clear() -> None:
     """Forget every program (JAX's own caches may still hold compiled executables)."""
     _programs.clear()
     _precompiled.clear()
+    _executables.clear()
 
 
 def info() -> dict:
     """``{"programs": kept now, "builds": built so far, "hits": reused so far}``."""
-    return {"programs": len(_programs), **_counts}
+    return {"programs": len(_programs) + len(_executables), **_counts}

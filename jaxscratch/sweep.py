@@ -262,17 +262,14 @@ def _sharded(fn, devices: tuple, in_specs: tuple):
 # a program keyed on its sizes alone, shared by every spec of that architecture (batch norm or
 # not, any optimizer: the batch-norm grid's two specs, a search and its halving), and builds the
 # state in a second program without random numbers, which compiles in a fraction of the time.
-_ONE_OFF = {"xla_backend_optimization_level": 0}
-
-
 def _build_init_many(spec: Spec, devices: tuple):
     fn = jax.vmap(functools.partial(_init_one, spec), in_axes=(None, 0, 0))
-    return jax.jit(_sharded(fn, devices, (False, True, True)), compiler_options=_ONE_OFF)
+    return jax.jit(_sharded(fn, devices, (False, True, True)), compiler_options=_compiled.ONE_OFF)
 
 
 def _build_mlp_draws(sizes: tuple, devices: tuple):
     fn = jax.vmap(functools.partial(_mlp_draws, sizes), in_axes=(None, 0))
-    return jax.jit(_sharded(fn, devices, (False, True)), compiler_options=_ONE_OFF)
+    return jax.jit(_sharded(fn, devices, (False, True)), compiler_options=_compiled.ONE_OFF)
 
 
 def _build_mlp_states(spec: Spec, devices: tuple):

@@ -75,9 +75,18 @@ def test_run_written_by_0_4_evaluates_and_resumes_bit_identically(tmp_path, caps
     flags = ["--hidden", cfg["hidden"], "--batchnorm", "--dropout", str(cfg["dropout"]), "--optimizer", cfg["optimizer"]]
     assert run(["train", "--out", fresh, "--epochs", "4", "--quiet", *flags], capsys)[0] == 0
     resumed, uninterrupted = history(old), history(fresh)
+    done = len(meta["history"]["step_loss"])
+    assert resumed["step_loss"][:done] == meta["history"]["step_loss"]  # 0.4's epochs kept bit for bit
+    # XLA's float rounding depends on the CPU's instruction set: the fixture was written on one
+    # with AVX-512. Where today's run reproduces 0.4's first epochs bit for bit (the same kind of
+    # CPU), resuming must give today's uninterrupted run bit for bit; elsewhere, to rounding.
+    same_cpu = uninterrupted["step_loss"][:done] == meta["history"]["step_loss"]
     for k in ("step_loss", "train_loss", "val_acc", "val_eval_loss", "test_acc", "test_eval_loss"):
-        assert resumed[k] == uninterrupted[k], k  # bit for bit: 0.4's first two epochs, today's last two
-    assert meta["history"]["step_loss"] == uninterrupted["step_loss"][:len(meta["history"]["step_loss"])]
+        if same_cpu:
+            assert resumed[k] == uninterrupted[k], k  # bit for bit: 0.4's first two epochs, today's last two
+        else:
+            atol = 0.01 if k.endswith("acc") else 2e-3  # an accuracy: a sample or two may flip
+            np.testing.assert_allclose(resumed[k], uninterrupted[k], rtol=2e-3, atol=atol, err_msg=k)
 
 
 def test_model_file_trains_evaluates_predicts_and_resumes(tmp_path, model_file, capsys):
