@@ -1,23 +1,14 @@
-"""The textbook's approach in NumPy: layers with hand-written forward/backward, the book's optimizers.
+"""The textbook's approach in NumPy, the benchmark's "NumPy peer" (never imports JAX).
 
 A transcription of *Deep Learning from Scratch*'s ``common/layers.py`` (Affine, Relu,
 BatchNormalization, SoftmaxWithLoss), ``common/multi_layer_net_extend.py`` (Affine -> [BatchNorm]
--> ReLU per hidden layer, L2 weight decay on the weights) and ``common/optimizer.py`` (SGD,
-Momentum, AdaGrad, Adam; eps 1e-7 outside the square root, Adam's bias correction folded into
-``lr_t``), used by the benchmark as the "NumPy peer". This module never imports JAX.
-
-Choices, so that the NumPy peer does the same work as jaxscratch, and not less or more:
-  * float32 everywhere (the book's arrays are float64; float32 halves the memory traffic and is
-    what the JAX implementations compute in, so the FLOP rates compare like with like).
-  * ``gradient`` returns the loss of the forward pass it backpropagates through. The book's
-    comparison scripts call ``network.loss(x, t)`` once more after each update to record the loss,
-    a third more work than jaxscratch does; we do not.
-  * The weight-decay term is computed only when ``weight_decay > 0`` (the book always sums it).
-  * Relu multiplies by a 0/1 mask instead of the book's boolean-mask assignment (the same
-    arithmetic, faster in NumPy), and the first layer's input gradient, which feeds nothing, is
-    not computed (JAX does not compute it either). Nothing else is changed.
-  * Initial weights, hyperparameters and mini-batch indices come from the caller, so every peer
-    starts from the same weights and sees the same batches.
+-> ReLU, L2 weight decay on the weights) and ``common/optimizer.py`` (SGD, Momentum, AdaGrad, Adam
+with eps 1e-7 outside the root and the bias correction folded into ``lr_t``). Changes, so that it
+does the same work as jaxscratch, no less and no more: float32 (the book's arrays are float64);
+``gradient`` returns the loss of the forward pass it differentiates (the book's scripts call
+``loss`` once more per step); the weight-decay term only when ``weight_decay > 0``; Relu multiplies
+by a 0/1 mask; the first layer's input gradient, which feeds nothing, is not computed. Initial
+weights, hyperparameters and mini-batch indices come from the caller.
 """
 from __future__ import annotations
 
@@ -243,11 +234,6 @@ def run_steps(net, optimizer, x, y, batches):
     return losses
 
 
-def compare_optimizers(params, x, y, batches, names):
-    """The book's optimizer comparison: name -> per-step losses, each from ``params``, same batches."""
-    return {name: run_steps(MultiLayerNet(params), OPTIMIZERS[name](), x, y, batches) for name in names}
-
-
 def train_epochs(net, optimizer, x, y, epoch_batches, evals):
     """The book's ``Trainer``: the steps of each epoch, then the accuracy on every set in ``evals``.
 
@@ -259,55 +245,3 @@ def train_epochs(net, optimizer, x, y, epoch_batches, evals):
         for name, (xe, ye) in evals.items():
             history[name].append(net.accuracy(xe, ye))
     return {k: np.asarray(v) for k, v in history.items()}
-
-
-def search(inits, lrs, wds, x, y, xv, yv, batches, epochs=None, trials=None):
-    """The book's serial random search: one network per trial, SGD, per-epoch train and val accuracy.
-
-    ``inits``: trial -> params; ``batches``: ``(T, epochs, steps, batch)``. Returns ``val_acc`` and
-    ``train_acc`` arrays ``(T, epochs)``.
-    """
-    trials = range(len(lrs)) if trials is None else trials
-    val, tr = [], []
-    for i in trials:
-        net = MultiLayerNet(inits(i), weight_decay=wds[i])
-        h = train_epochs(net, SGD(lrs[i]), x, y, batches[i][:epochs], {"train": (x, y), "val": (xv, yv)})
-        val.append(h["val"])
-        tr.append(h["train"])
-    return np.asarray(val), np.asarray(tr)
-
-
-def successive_halving(inits, lrs, wds, x, y, xv, yv, batches, *, max_epochs, min_epochs, eta):
-    """Serial successive halving with jaxscratch's rung schedule (budget ``min_epochs * eta**i``,
-    keep the best ``ceil(T / eta)`` by validation accuracy, ties to the lower trial index)."""
-    alive = list(range(len(lrs)))
-    nets = {i: MultiLayerNet(inits(i), weight_decay=wds[i]) for i in alive}
-    opts = {i: SGD(lrs[i]) for i in alive}
-    val = {i: [] for i in alive}
-    done, budget, epochs_trained, rungs = 0, min_epochs, 0, []
-    while True:
-        budget = min(budget, max_epochs)
-        for i in alive:
-            h = train_epochs(nets[i], opts[i], x, y, batches[i][done:budget], {"train": (x, y), "val": (xv, yv)})
-            val[i].extend(h["val"].tolist())
-        epochs_trained += (budget - done) * len(alive)
-        rungs.append((budget, len(alive)))
-        done = budget
-        if budget >= max_epochs or len(alive) == 1:
-            break
-        keep = -(-len(alive) // eta)
-        order = sorted(range(len(alive)), key=lambda j: -val[alive[j]][-1])[:keep]  # stable: ties keep order
-        alive = [alive[j] for j in order]
-        budget *= eta
-    best = max(alive, key=lambda i: (val[i][-1], -alive.index(i)))
-    return best, val[best][-1], epochs_trained, rungs
-
-
-def batchnorm_grid(inits, x, y, batches, lr):
-    """Each initial weight scale trained once with ``params`` as given (BN or plain), serially.
-
-    ``inits``: scale -> params; ``batches``: ``(S, epochs, steps, batch)``. Returns the train
-    accuracy ``(S, epochs)``.
-    """
-    return np.asarray([train_epochs(MultiLayerNet(inits(i)), SGD(lr), x, y, batches[i], {"train": (x, y)})["train"]
-                       for i in range(len(batches))])

@@ -1,19 +1,13 @@
-"""The JAX + optax peers: what a competent user writes without jaxscratch.
+"""The JAX + optax peer: what a competent user writes without jaxscratch (never imports it).
 
-Two styles of the same training, both with the data on the device and mini-batches gathered there:
-  * ``loop``: a jitted step (parameters and optimizer state donated) called from a Python loop;
-  * ``scan``: the whole run (or one trial, or one epoch) in one jitted ``lax.scan``.
-
-The model is a plain MLP over jaxscratch's parameter layout (a list of ``{"w", "b"[, "gamma",
-"beta"]}`` dicts), so every peer starts from the very same weights. Loss: optax's integer-label
-softmax cross-entropy, plus the book's ``0.5 * wd * sum(W ** 2)`` over weight matrices when a
-weight decay is given. Batch norm as the book's (biased batch variance, eps 1e-6, running averages
-with momentum 0.9, evaluation with the running statistics). This module never imports jaxscratch.
-
-The book's optimizers in optax (DESIGN.md, "How optax relates"): ``sgd(lr)``; Momentum as
-``sgd(lr, momentum=0.9)`` (identical for a constant rate); AdaGrad as
-``adagrad(lr, initial_accumulator_value=0, eps=1e-7)`` (optax puts eps inside the square root:
-the same work, slightly different numbers in the first steps); Adam as ``adam(lr, eps=1e-7)``.
+A plain MLP over jaxscratch's parameter layout (a list of ``{"w", "b"[, "gamma", "beta"]}``), so
+every peer starts from the very same weights; optax's integer-label cross-entropy plus the book's
+``0.5 * wd * sum(W ** 2)``; the book's batch norm (biased variance, eps 1e-6, running averages with
+momentum 0.9). Data stay on the device, mini-batches are gathered there. Two styles: ``loop`` (a
+jitted step, carry donated, called from Python) and ``scan`` (a whole run in one ``lax.scan``).
+The book's optimizers in optax: ``sgd``; Momentum ``sgd(momentum=0.9)``; AdaGrad ``adagrad(eps=1e-7,
+initial_accumulator_value=0)`` (eps inside the root: the same work, slightly different numbers);
+Adam ``adam(eps=1e-7)``.
 """
 from __future__ import annotations
 
@@ -126,20 +120,6 @@ def scan_runner(opt):
     return run
 
 
-def compare_optimizers(names, params, x, y, key, iterations, batch_size, style):
-    """name -> per-step losses (NumPy), each optimizer from ``params`` on the same batches, drawn
-    once from ``key`` with replacement (``randint``, as jaxscratch's compare_optimizers)."""
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    batches = jax.random.randint(key, (iterations, batch_size), 0, x.shape[0])  # (iterations, batch)
-    if style == "loop":
-        batches = np.asarray(batches)  # the loop sends each step's indices from the host
-    out = {}
-    for name in names:
-        run = loop_runner(OPTIMIZERS[name]())[0] if style == "loop" else scan_runner(OPTIMIZERS[name]())
-        out[name] = np.asarray(run(params, x, y, batches)[1])
-    return out
-
-
 # ----------------------------------------------------------------- (c), (d): trials trained by epochs
 def epoch_batches(key, epoch, n, batch_size, replace):
     """One epoch's batch indices ``(n // batch_size, batch_size)`` drawn from ``fold_in(fold_in(key,
@@ -169,24 +149,3 @@ def train_trial(params, lr, weight_decay, key, x, y, evals, *, epochs, batch_siz
 
     carry, accs = jax.lax.scan(epoch, carry, jnp.arange(epochs))
     return carry, accs
-
-
-def search(inits, keys, lrs, wds, x, y, xv, yv, *, epochs, batch_size):
-    """Serial random search: one compiled trial program called per trial (trial ``i`` draws its
-    batches from ``keys[i]``). Returns ``val_acc`` and ``train_acc`` ``(T, epochs)`` as NumPy."""
-    x, y, xv, yv = (jnp.asarray(a) for a in (x, y, xv, yv))
-    evals = {"train": (x, y), "val": (xv, yv)}
-    results = [train_trial(inits(i), jnp.float32(lrs[i]), jnp.float32(wds[i]), keys[i], x, y, evals, epochs=epochs,
-                           batch_size=batch_size, replace=False)[1]
-               for i in range(len(lrs))]  # dispatched asynchronously; read back once at the end
-    results = jax.device_get(results)
-    return np.asarray([r["val"] for r in results]), np.asarray([r["train"] for r in results])
-
-
-def batchnorm_grid(inits, keys, x, y, lr, *, epochs, batch_size):
-    """Each weight scale trained serially (one compiled program per variant), batches drawn with
-    replacement from ``keys[i]``. Train accuracy ``(S, epochs)``."""
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    results = [train_trial(inits(i), jnp.float32(lr), jnp.float32(0), keys[i], x, y, {"train": (x, y)}, epochs=epochs,
-                           batch_size=batch_size, replace=True, wd=False)[1]["train"] for i in range(len(keys))]
-    return np.asarray(jax.device_get(results))
