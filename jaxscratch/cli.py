@@ -112,6 +112,50 @@ def _model(cfg, sizes, input_shape, *, sha256=None, debug=False) -> tuple[nn.Mod
     return _user_model(cfg["model"], tuple(input_shape), sizes[-1], sha256=sha256, debug=debug)
 
 
+_RAW_SCALE = {"digits": 16, "mnist": 255, "fashion-mnist": 255}  # what data.py divides their integer images by
+
+
+def _npz_integer_images(path) -> bool:
+    """Whether an .npz's ``x_train`` holds integers (which ``data.load_npz`` divides by 255): read
+    from the member's ``.npy`` header alone."""
+    try:
+        with zipfile.ZipFile(path) as z, z.open("x_train.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return bool(np.issubdtype(read(f)[2], np.integer))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
+
+
+def _provenance(cfg, ds) -> dict:
+    """What a run stores of its data, so that later commands can check it and do the same: the
+    SHA-256 of the arrays it trained on (as loaded: after scaling and flattening) and the
+    preprocessing (integer images divided by ``scale``; the training inputs' range after it)."""
+    name = cfg["dataset"]
+    scale = _RAW_SCALE.get(name) or (255 if name.endswith(".npz") and _npz_integer_images(name) else None)
+    x = ds.x_train
+    return {"data_sha256": _data_digest(ds),
+            "preprocessing": {"integer_inputs_divided_by": scale, "input_range": [float(x.min()), float(x.max())]}}
+
+
+def _data_digest(ds) -> str:
+    h = hashlib.sha256()
+    for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _check_same_data(meta, cfg, ds, during: str) -> None:
+    """Refuse data whose arrays differ from those the run was trained on (runs that predate the
+    checksum are not checked)."""
+    stored = meta.get("data_sha256")
+    if stored is not None and (now := _data_digest(ds)) != stored:
+        raise UsageError(f"{during}{cfg['dataset']} changed since the run was trained (SHA-256 of its arrays "
+                         f"{stored[:12]}..., now {now[:12]}...); use the data it was trained on, or train a new run")
+
+
 def _template(cfg, model, optimizer):
     key = jax.random.key(cfg["seed"])
     params, model_state = model.init(key)
@@ -254,6 +298,8 @@ def cmd_train(args) -> int:
         raise UsageError(f"--out {out}: expected a folder; found a file")
     if args.model is not None:
         args.model = _absolute_model(args.model)  # stored, and compared on --resume, as an absolute path
+    if args.dataset is not None and args.dataset.endswith(".npz"):
+        args.dataset = os.path.abspath(args.dataset)  # likewise: evaluate from another folder reads this file
     if args.resume:
         if not os.path.exists(ckpt):
             raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
@@ -283,6 +329,8 @@ def cmd_train(args) -> int:
     if args.resume and sizes != meta["sizes"]:
         raise UsageError(f"--resume: the run's model has layer sizes {meta['sizes']} but {cfg['dataset']} now "
                          f"gives {sizes}; the dataset changed since the run began")
+    if args.resume:
+        _check_same_data(meta, cfg, ds, "--resume: ")
     model, sha = _model(cfg, sizes, ds.x_train.shape[1:], sha256=meta.get("model_sha256") if args.resume else None,
                         debug=args.debug)
     state = best = history = None
@@ -296,7 +344,8 @@ def cmd_train(args) -> int:
         history = meta["history"]
     created = _make_dirs(out)  # every input is checked: now the run may write
     try:
-        run = {"config": cfg, "sizes": sizes, "input_shape": list(ds.x_train.shape[1:]), "model_sha256": sha}
+        run = {"config": cfg, "sizes": sizes, "input_shape": list(ds.x_train.shape[1:]), "model_sha256": sha,
+               **_provenance(cfg, ds)}
         return _train(args, run, ds, model, optimizer, (xt, yt), (xv, yv), state, best, history, mesh)
     except BaseException:
         for folder in reversed(created):  # stopped before the first checkpoint: leave no empty --out
@@ -392,6 +441,7 @@ class _LoadedRun(NamedTuple):
     input_shape: tuple
     model: nn.Model
     state: train.TrainState
+    meta: dict
 
 
 def _load_run(run_dir, which=BEST, *, debug=False) -> _LoadedRun:
@@ -409,7 +459,7 @@ def _load_run(run_dir, which=BEST, *, debug=False) -> _LoadedRun:
         state = checkpoint.restore(path, like={"state": template, "best": template})["state"]
     except (checkpoint.CheckpointError, OSError) as err:
         raise UsageError(_first_problem(str(err))) from None
-    return _LoadedRun(cfg, sizes, input_shape, model, state)
+    return _LoadedRun(cfg, sizes, input_shape, model, state, meta)
 
 
 def cmd_evaluate(args) -> int:
@@ -422,6 +472,7 @@ def cmd_evaluate(args) -> int:
     if _sizes(cfg, ds)[0] != sizes[0] or ds.num_classes > sizes[-1]:
         raise UsageError(f"{cfg['dataset']} now gives {_sizes(cfg, ds)[0]} features and {ds.num_classes} {what}; the "
                          f"run's model takes {sizes[0]} features and {sizes[-1]} {what} (the dataset changed since training)")
+    _check_same_data(run.meta, cfg, ds, "")
     report = {}
     for name, (x, y) in (("train", (xt, yt)), ("val", (xv, yv)), ("test", (ds.x_test, ds.y_test))):
         if len(x):
@@ -465,12 +516,37 @@ def _read_inputs(path, features: int) -> np.ndarray:
     return x
 
 
+def _preprocess(x, run, path) -> np.ndarray:
+    """Inputs as the run's model saw its training data: integer images divided as the loader divided
+    them; inputs far outside the training range (raw 0..255 pixels for a model trained on 0..1,
+    say) refused rather than mislabelled."""
+    prep = run.meta.get("preprocessing") or {}
+    scale = prep.get("integer_inputs_divided_by", _RAW_SCALE.get(run.cfg["dataset"]))  # older runs: the built-in sets'
+    if np.issubdtype(x.dtype, np.integer) and scale and x.size:
+        if x.min() < 0 or x.max() > scale:
+            raise UsageError(f"{path}: integer inputs must lie in 0..{scale}, as the run's training images did "
+                             f"(they are divided by {scale}); found {x.min()}..{x.max()}")
+        x = x.astype(np.float32) / np.float32(scale)
+    with np.errstate(over="ignore"):
+        x = np.asarray(x, np.float32)
+    lo, hi = prep.get("input_range") or (None, None)
+    if lo is not None and x.size:
+        span = max(hi - lo, 1e-6)
+        mn, mx = float(x.min()), float(x.max())
+        if mn < lo - span or mx > hi + span:
+            how = (f"integer images 0..{scale} (divided by {scale} here) or floats scaled as in training"
+                   if scale else "inputs preprocessed as in training")
+            raise UsageError(f"{path}: inputs range {mn:.4g}..{mx:.4g}, far outside the {lo:.4g}..{hi:.4g} the run's "
+                             f"model was trained on; pass {how}")
+    return x
+
+
 def cmd_predict(args) -> int:
     if args.output:
         _check_target(args.output, "--output")
     run = _load_run(args.run, debug=args.debug)
     x = _read_inputs(args.input, run.sizes[0])
-    x = np.asarray(x, np.float32).reshape((len(x), *run.input_shape))
+    x = _preprocess(x, run, args.input).reshape((len(x), *run.input_shape))
     outputs, _ = jax.jit(functools.partial(run.model.apply, train=False))(run.state.params, run.state.model_state,
                                                                         jnp.asarray(x))
     if run.cfg["loss"] == "mse":  # regression: the predicted values, (n,) for one target column
