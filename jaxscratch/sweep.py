@@ -464,6 +464,8 @@ def table(trials: Trials, metric: str | None = None) -> list[dict]:
 
 # ----------------------------------------------------------------- searches
 def _log_uniform(key, ranges: dict, n: int) -> dict:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n_trials must be an int >= 1; got {n!r}")
     out = {}
     for i, (name, (lo, hi)) in enumerate(sorted(ranges.items())):
         if not 0 < lo <= hi:

@@ -140,3 +140,16 @@ def test_bad_sweeps(small, hp, match):
     tr, va, _ = small
     with pytest.raises(ValueError, match=match):
         sweep.run_trials(jax.random.key(0), SPEC, hp, tr, epochs=1, validation=va)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True, "3"])
+def test_searches_refuse_a_bad_trial_count(n):
+    """n_trials=0 was an IndexError and -1 an MLIR error: now one ValueError before anything compiles."""
+    ds, spec = data.load_digits(), SPEC
+    for search in (lambda: sweep.random_search(jax.random.key(0), spec, {"learning_rate": (1e-3, 1e-1)},
+                                               (ds.x_train, ds.y_train), (ds.x_test, ds.y_test), n_trials=n, epochs=1),
+                   lambda: sweep.successive_halving(jax.random.key(0), spec, {"learning_rate": (1e-3, 1e-1)},
+                                                    (ds.x_train, ds.y_train), (ds.x_test, ds.y_test), n_trials=n,
+                                                    max_epochs=1)):
+        with pytest.raises(ValueError, match=r"n_trials must be an int >= 1; got"):
+            search()
