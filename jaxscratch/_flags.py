@@ -49,6 +49,7 @@ SCHEDULE_FLAGS = {"warmup_epochs": "warmup-cosine", "decay_epochs": "exponential
 DATASETS = ("digits", "mnist", "fashion-mnist")
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}  # --precision -> fit's compute_dtype
 SEED_MAX = 2**32 - 1  # JAX keeps 32 bits of a seed while x64 is off: larger seeds would collide
+STEPS_MAX = 2**31 - 1  # a run's step counter (and a schedule's step) is an int32
 
 
 class UsageError(Exception):
@@ -264,6 +265,10 @@ def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
     if lr is None:
         lr = inspect.signature(factory).parameters["learning_rate"].default
     total = cfg["epochs"] * steps_per_epoch
+    if total > STEPS_MAX:
+        raise UsageError(f"--epochs {cfg['epochs']} x {steps_per_epoch} steps per epoch is {total} steps, more than "
+                         f"the {STEPS_MAX} a run can count (its step counter is a 32-bit int); pass fewer --epochs "
+                         f"or a larger --batch-size")
     if cfg["schedule"] == "exponential":
         lr = schedules.exponential_decay(lr, cfg["decay_epochs"] * steps_per_epoch, cfg["decay_factor"], staircase=True)
     elif cfg["schedule"] == "cosine":
@@ -373,12 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--last", action="store_true", help="the last epoch's state instead of the best-validation one")
     e.add_argument("--dataset-dir", default=None, help="directory holding the dataset's IDX files")
     e.add_argument("--json", default=None, help="also write the report to this JSON file")
+    e.add_argument("--force", action="store_true", help="replace the --json file if it exists")
     e.add_argument("--debug", action="store_true", help="show the traceback of an error in the run's model file")
 
     pr = sub.add_parser("predict", help="predict labels for inputs in a .npy or .npz (array 'x')")
     pr.add_argument("run", help="run directory")
     pr.add_argument("input", help=".npy, or .npz holding 'x'")
     pr.add_argument("--output", default=None, help=".npy file for the labels (default: print them)")
+    pr.add_argument("--force", action="store_true", help="replace the --output file if it exists")
     pr.add_argument("--debug", action="store_true", help="show the traceback of an error in the run's model file")
 
     c = sub.add_parser("compare", help="the book's optimizer comparison: same batches, same initial weights")

@@ -19,6 +19,12 @@ Contract:
     ``--output``; a run that stops before its first checkpoint leaves no ``--out`` behind.
     The one exception is the cache of compiled programs (:mod:`jaxscratch.compile_cache`,
     enabled by :func:`run`, the command's entry point; ``JAXSCRATCH_COMPILE_CACHE=off``).
+  * ``--json`` / ``--output`` never replace an existing file without ``--force``, nor ever one of
+    the run's own files (or ``predict``'s input); a device or FIFO (``/dev/null``) is written in
+    place. One ``train`` at a time holds a run folder (``fcntl.flock`` on ``--out/.lock``, removed
+    when it ends; a killed one's lock is released by the OS), and it deletes the temporary files
+    a killed save left there. Output that cannot be printed (``| head``, ``>/dev/full``) is
+    dropped: the run goes on and saves.
   * ``--devices``, ``--precision`` and ``--skip-nonfinite`` give ``train.fit`` its ``mesh``, its
     ``compute_dtype`` and an ``optim.apply_if_finite`` optimizer (docs/scaling.md). Like every
     flag they are stored with the run (a run stored before them reads as their defaults), and
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse  # noqa: F401: the flag types raise argparse.ArgumentTypeError (tests reach it as cli.argparse)
 import contextlib
+import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -43,6 +50,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -60,6 +68,7 @@ from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS,
 from jaxscratch._flags import SEED_MAX, TRAIN_TYPES, _bool, _float, _hidden, _int  # noqa: F401: re-exported for tests
 
 CHECKPOINT, BEST, METRICS, FIGURE = "checkpoint.npz", "best.npz", "metrics.json", "training.png"
+RUN_FILES = (CHECKPOINT, BEST, METRICS, FIGURE)
 
 
 # ----------------------------------------------------------------- configuration
@@ -223,12 +232,36 @@ def _user_error(path, stage, err, debug) -> str:
 
 
 # ----------------------------------------------------------------- files
-def _check_target(path, flag) -> None:
-    """Refuse, before any work, an output file whose folder is missing or that is a folder."""
+def _check_target(path, flag, *, run_dir=None, inputs=(), force=False) -> None:
+    """Refuse, before any work, an output file whose folder is missing or that is a folder, one of
+    the run's own files (or an input), and an existing file unless ``force``. A device or a FIFO
+    (``/dev/null``, ``/dev/stdout``) is fine: :func:`_write_file` writes into it."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) or not os.path.isdir(folder):
         raise UsageError(f"{flag} {path}: expected a file in an existing folder; "
                          f"{'it is a folder' if os.path.isdir(path) else f'no folder {folder}'}")
+    for name in RUN_FILES if run_dir is not None else ():
+        if _same_file(path, os.path.join(run_dir, name)):
+            raise UsageError(f"{flag} {path}: expected a file outside the run; it is the run's own {name}, which "
+                             f"it would destroy; choose another file")
+    for other in inputs:
+        if _same_file(path, other):
+            raise UsageError(f"{flag} {path}: expected a new file; it is the input file {other}; choose another file")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # no such file (the usual case), or one the write will report
+        return
+    if stat.S_ISREG(mode) and not force:
+        raise UsageError(f"{flag} {path}: the file exists; pass --force to replace it")
+
+
+def _same_file(a, b) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # a hard link, say
+    except OSError:
+        return False
 
 
 def _make_dirs(path, flag="--out") -> list[str]:
@@ -246,21 +279,138 @@ def _make_dirs(path, flag="--out") -> list[str]:
 
 
 def _write_file(path, write, what) -> None:
-    """``write(binary file)`` into a temporary file beside ``path``, then rename it onto ``path``."""
+    """``write(binary file)`` into a temporary file beside ``path``, then rename it onto ``path``
+    (onto the file a symlink points to). Into a device or a FIFO (``/dev/null``) it writes in
+    place: a rename would replace the device itself."""
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+        try:
+            special = not stat.S_ISREG(os.stat(path).st_mode)
+        except FileNotFoundError:
+            special = False
+        if special:
+            with open(path, "wb") as f:
+                write(f)
+            return
+        target = os.path.realpath(path)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as err:
         raise UsageError(f"cannot write {what}{' ' if what else ''}{path}: {err.strerror or err}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+LOCK = ".lock"  # in --out while a train runs: holds its pid, locked (flock) until the process ends
+_TEMPORARY = re.compile(r"\.tmp-.*|\..+\.[0-9a-f]{12}\.tmp")  # _write_file's and plot's; checkpoint._create_temp's
+
+
+def _lock_run(out) -> int:
+    """Lock the run folder ``out`` for this process (``fcntl.flock`` on ``out/.lock``, which the OS
+    releases when the process ends, killed or not); refuse a folder another process holds."""
+    path = os.path.join(out, LOCK)
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UsageError(f"cannot create the lock file {path}: {err.strerror or err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            pid = os.read(fd, 32).decode(errors="replace").strip() if isinstance(err, BlockingIOError) else ""
+            os.close(fd)
+            if isinstance(err, BlockingIOError):
+                raise UsageError(f"--out {out}: another jaxscratch train is using this run folder"
+                                 f"{f' (pid {pid})' if pid.isdigit() else ''}; wait for it or choose another --out") from None
+            raise UsageError(f"cannot lock {path}: {err.strerror or err}") from None
+        try:  # the holder before us may have removed the file as we opened it: lock the one in the folder
+            here, mine = os.stat(path), os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    raise UsageError(f"--out {out}: cannot lock the run folder ({path} keeps changing); try again")
+
+
+def _unlock_run(fd, out) -> None:
+    """Remove ``out/.lock`` (still under the lock) and release it."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(out, LOCK))
+        os.close(fd)
+
+
+def _remove_temporaries(out) -> None:
+    """Delete the temporary files a killed save left in ``out`` (the lock is held: none is in use)."""
+    for name in os.listdir(out):
+        full = os.path.join(out, name)
+        if _TEMPORARY.fullmatch(name) and os.path.isfile(full) and not os.path.islink(full):
+            with contextlib.suppress(OSError):
+                os.unlink(full)
+
+
+class _Tolerant:
+    """A text stream passing writes to ``stream`` until one fails (``| head`` closed the pipe, a
+    full disk), then dropping them: a run goes on and saves when its terminal goes away. The
+    stream's file descriptor then points at ``os.devnull``, so Python's last flush at exit
+    succeeds instead of printing an ignored BrokenPipeError."""
+
+    def __init__(self, stream):
+        self._stream, self.failed = stream, False
+
+    def write(self, text):
+        if not self.failed:
+            try:
+                return self._stream.write(text)
+            except OSError:
+                self._fail()
+        return len(text)
+
+    def flush(self):
+        if not self.failed:
+            try:
+                self._stream.flush()
+            except OSError:
+                self._fail()
+
+    def _fail(self):
+        self.failed = True
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError, AttributeError):  # a StringIO, say: nothing to redirect
+            return
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        with contextlib.suppress(Exception):
+            self._stream.flush()  # what it still buffered goes to os.devnull
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _tolerant_output():
+    """``sys.stdout`` and ``sys.stderr`` as :class:`_Tolerant` streams while a command runs."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (None if s is None else _Tolerant(s) for s in saved)
+    try:
+        yield
+    finally:
+        for s in (sys.stdout, sys.stderr):
+            if s is not None:
+                s.flush()
+        sys.stdout, sys.stderr = saved
 
 
 def _write_json(path, obj, what="") -> None:
@@ -291,6 +441,14 @@ def _read_meta(path):
 
 
 # ----------------------------------------------------------------- commands
+def _signature(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def cmd_train(args) -> int:
     out = args.out
     ckpt = os.path.join(out, CHECKPOINT)
@@ -303,6 +461,7 @@ def cmd_train(args) -> int:
     if args.resume:
         if not os.path.exists(ckpt):
             raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
+        saved = _signature(ckpt)  # the checkpoint read here; another train may replace it before the lock
         meta = _run_meta(ckpt, resumable=True)  # read once: the configuration now, the history after restoring
         stored = meta["config"]
         for k in list(DEFAULTS) + OPT_FLAGS:
@@ -343,15 +502,28 @@ def cmd_train(args) -> int:
         state, best = restored["state"], restored["best"]
         history = meta["history"]
     created = _make_dirs(out)  # every input is checked: now the run may write
+    lock = None
     try:
+        lock = _lock_run(out)  # one train per folder; released however this process ends
+        if args.resume and _signature(ckpt) != saved:
+            raise UsageError(f"--resume: {ckpt} changed while this command started (another jaxscratch train "
+                             f"saved it); run the command again")
+        if not args.resume and (os.path.exists(ckpt) or os.path.exists(os.path.join(out, METRICS))):
+            raise UsageError(f"{out} already holds a run (another jaxscratch train saved it while this command "
+                             f"started); pass --resume to continue it or choose another --out")
+        _remove_temporaries(out)  # left by a killed save
         run = {"config": cfg, "sizes": sizes, "input_shape": list(ds.x_train.shape[1:]), "model_sha256": sha,
                **_provenance(cfg, ds)}
         return _train(args, run, ds, model, optimizer, (xt, yt), (xv, yv), state, best, history, mesh)
     except BaseException:
+        _unlock_run(lock, out)
+        lock = None
         for folder in reversed(created):  # stopped before the first checkpoint: leave no empty --out
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
         raise
+    finally:
+        _unlock_run(lock, out)
 
 
 def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, history, mesh) -> int:
@@ -464,7 +636,7 @@ def _load_run(run_dir, which=BEST, *, debug=False) -> _LoadedRun:
 
 def cmd_evaluate(args) -> int:
     if args.json:
-        _check_target(args.json, "--json")
+        _check_target(args.json, "--json", run_dir=args.run, force=args.force)
     run = _load_run(args.run, CHECKPOINT if args.last else BEST, debug=args.debug)
     cfg, sizes, state = run.cfg, run.sizes, run.state
     ds, (xt, yt), (xv, yv) = load_data(dict(cfg, dataset_dir=args.dataset_dir or cfg.get("dataset_dir")))
@@ -510,7 +682,7 @@ def _read_inputs(path, features: int) -> np.ndarray:
     if x.ndim < 2 or int(np.prod(x.shape[1:])) != features:
         raise UsageError(f"{path}: inputs must have shape (n, {features}), or (n, ...) with {features} features, as "
                          f"the run's model expects; got {x.shape}")
-    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    finite = np.isfinite(x.reshape(len(x), features)).all(axis=1)  # (0, -1) would be ambiguous for no rows
     if not finite.all():
         raise UsageError(f"{path}: inputs must be finite; row {int(np.argmin(finite))} holds NaN or Inf")
     return x
@@ -543,14 +715,17 @@ def _preprocess(x, run, path) -> np.ndarray:
 
 def cmd_predict(args) -> int:
     if args.output:
-        _check_target(args.output, "--output")
+        _check_target(args.output, "--output", run_dir=args.run, inputs=(args.input,), force=args.force)
     run = _load_run(args.run, debug=args.debug)
     x = _read_inputs(args.input, run.sizes[0])
     x = _preprocess(x, run, args.input).reshape((len(x), *run.input_shape))
-    outputs, _ = jax.jit(functools.partial(run.model.apply, train=False))(run.state.params, run.state.model_state,
-                                                                        jnp.asarray(x))
+    if len(x):
+        outputs, _ = jax.jit(functools.partial(run.model.apply, train=False))(run.state.params, run.state.model_state,
+                                                                            jnp.asarray(x))
+    else:  # no rows, no predictions (the model is not run on an empty batch)
+        outputs = np.zeros((0, run.sizes[-1]), np.float32)
     if run.cfg["loss"] == "mse":  # regression: the predicted values, (n,) for one target column
-        values, what = np.asarray(outputs).reshape(len(x), -1), "predicted values"
+        values, what = np.asarray(outputs).reshape(len(x), int(np.prod(np.shape(outputs)[1:]))), "predicted values"
         values = values[:, 0] if values.shape[1] == 1 else values
         text = "\n".join(" ".join(f"{v:.6g}" for v in np.atleast_1d(row)) for row in values)
     else:
@@ -559,7 +734,7 @@ def cmd_predict(args) -> int:
     if args.output:
         _write_file(args.output, lambda f: np.save(f, values), "--output")
         print(f"saved {len(values)} {what} to {args.output}")
-    else:
+    elif len(values):
         print(text)
     return 0
 
@@ -625,7 +800,13 @@ def _after_stop(args) -> str:
 
 
 def main(argv=None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit status."""
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit status. Its
+    output may go away (``| head``, a full disk): the command goes on without it."""
+    with _tolerant_output():
+        return _main(argv)
+
+
+def _main(argv) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as err:

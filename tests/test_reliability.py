@@ -113,8 +113,10 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint_and_resume_matches(
     stopped = runs["stopped"]["killed"]
     assert stopped["epochs"] == 1  # epoch 1's checkpoint, whole (checksums verified)
     tmp = [f for f in stopped["files"] if f.endswith(".tmp")]  # the killed save's temporary file
-    assert [f for f in stopped["files"] if f not in tmp] == ["checkpoint.npz"] and len(tmp) == 1
+    # and its lock file (the OS released the lock itself)
+    assert [f for f in stopped["files"] if f not in tmp] == [".lock", "checkpoint.npz"] and len(tmp) == 1
     assert runs["resumed"]["killed"] == (0, "")
+    assert sorted(os.listdir(runs["cwd"] / "killed")) == ["best.npz", "checkpoint.npz", "metrics.json"]  # both gone
     assert_same_run(runs["cwd"] / "killed", runs["cwd"] / "a")
 
 

@@ -14,6 +14,7 @@ fails when docs/errors.md differs from what the cases give now.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import http.server
@@ -116,6 +117,12 @@ CASES = [
     Case(F, "evaluate: no run argument", "evaluate"),
     Case(F, "evaluate: --json into a missing folder", "evaluate run --json nowhere/report.json"),
     Case(F, "predict: --output into a missing folder", "predict run inputs/good.npy --output nowhere/labels.npy"),
+    Case(F, "predict: --output onto an existing file, without --force", "predict run inputs/good.npy --output notes.txt"),
+    Case(F, "predict: --output onto the run's own checkpoint, even with --force",
+         "predict run inputs/good.npy --output run/best.npz --force"),
+    Case(F, "predict: --output onto its own input file", "predict run inputs/good.npy --output inputs/good.npy --force"),
+    Case(F, "evaluate: --json onto the run's own metrics.json", "evaluate run --json run/metrics.json --force"),
+    Case(F, "more steps than the 32-bit step counter holds", "train --epochs 1000000000 --schedule cosine --out x"),
     Case(D, "corrupt gzip", "train --dataset mnist --dataset-dir idx/gzip-corrupt"),
     Case(D, "gzip cut short", "train --dataset mnist --dataset-dir idx/gzip-truncated"),
     Case(D, "not an IDX file (bad magic bytes)", "train --dataset mnist --dataset-dir idx/bad-magic"),
@@ -176,6 +183,7 @@ CASES = [
     Case(C, "--resume of a damaged checkpoint", "train --out ckpt/flipped-byte --resume"),
     Case(C, "--resume of a checkpoint whose arrays are another model's", "train --out ckpt/other-model --resume"),
     Case(C, "--resume after the dataset changed shape", "train --out run-npz --resume --epochs 3"),
+    Case(C, "a run folder another jaxscratch train is using (its pid reads PID)", f"train --out locked {TINY}"),
     Case(S, "no network (connection refused); the first download creates the empty cache folder",
          "train --dataset mnist", {"JAXSCRATCH_MNIST_MIRRORS": "{closed}"}, leaves=("cache", "cache/mnist")),
     Case(S, "every mirror answers 404", "train --dataset mnist", {"JAXSCRATCH_MNIST_MIRRORS": "{server}/gone/"}),
@@ -370,6 +378,18 @@ def _inputs(root: Path) -> None:
     np.savez(folder / "no-x.npz", inputs=np.zeros((3, 64)))
 
 
+_HELD = []  # the lock of the folder "locked", held by this process while the cases run
+
+
+def _locked_folder(root: Path) -> None:
+    """A run folder that a train in progress holds: its ``.lock`` locked (by this process)."""
+    (root / "locked").mkdir()
+    fd = os.open(root / "locked" / cli.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD.append(fd)
+
+
 def setup(root: Path) -> None:
     """Fill ``root`` (the current folder) with every file the cases read."""
     _idx_folders(root)
@@ -378,6 +398,7 @@ def setup(root: Path) -> None:
     (root / "notes.txt").write_text("not a folder\n")
     _run_folders(root)
     _model_files(root)
+    _locked_folder(root)
 
 
 # ---------------------------------------------------------------- a local server
@@ -510,10 +531,13 @@ def run_cases(cases=CASES) -> list[Result]:
                 left = tuple(sorted(k for k in after if before.get(k, "new") != after[k]))
                 message = message.replace(str(root) + os.sep, "").replace(server.url, "http://127.0.0.1:PORT")
                 message = message.replace(closed, "http://127.0.0.1:PORT/")
+                message = message.replace(f"(pid {os.getpid()})", "(pid PID)")
                 results.append(Result(case, status, message, left))
         return results
     finally:
         os.chdir(start)
+        while _HELD:
+            os.close(_HELD.pop())
         data.MNIST_MIRRORS = default_mirrors
         server.close()
         shutil.rmtree(root, ignore_errors=True)
