@@ -272,10 +272,10 @@ def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
     if cfg["schedule"] == "exponential":
         lr = schedules.exponential_decay(lr, cfg["decay_epochs"] * steps_per_epoch, cfg["decay_factor"], staircase=True)
     elif cfg["schedule"] == "cosine":
-        lr = schedules.cosine_decay(lr, max(total, 1))
+        lr = schedules.cosine_decay_schedule(lr, max(total, 1))
     elif cfg["schedule"] == "warmup-cosine":
         warm = min(cfg["warmup_epochs"] * steps_per_epoch, max(total - 1, 0))
-        lr = schedules.warmup_cosine_decay(0.0, lr, warm, max(total, 1))
+        lr = schedules.warmup_cosine_decay_schedule(0.0, lr, warm, max(total, 1))
     if cfg["optimizer"] in DECOUPLED_DECAY:
         kwargs["weight_decay"] = cfg["weight_decay"]
         if cfg["optimizer"] != "adadelta" or cfg["weight_decay"]:

@@ -307,7 +307,7 @@ def test_inject_hyperparams_changes_learning_rate_without_recompiling(key):
 
 def test_inject_hyperparams_evaluates_schedules(key):
     params = {"w": jnp.ones(3)}
-    opt = optim.inject_hyperparams(optim.sgd)(learning_rate=schedules.piecewise_constant([2], [0.1, 0.01]))
+    opt = optim.inject_hyperparams(optim.sgd)(learning_rate=schedules.piecewise_constant_schedule(0.1, {2: 0.1}))
     state = opt.init(params)
     seen = []
     for _ in range(4):
