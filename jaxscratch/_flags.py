@@ -282,8 +282,9 @@ def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
             kwargs["mask"] = _weights  # decay weights only, never biases, gamma or beta
     try:
         optimizer = factory(learning_rate=lr, **kwargs)
-    except (TypeError, ValueError) as err:  # "b1 must be in [0, 1); got 1.5": name the flag instead
-        text, name = str(err), str(err).split(" ", 1)[0]
+    except (TypeError, ValueError) as err:  # "adam: b1 must be in [0, 1); got 1.5": name the flag instead
+        text = str(err).removeprefix(f"{cfg['optimizer']}: ")
+        name = text.split(" ", 1)[0]
         if name in kwargs:
             text = _flag(name) + text[len(name):]
         raise UsageError(f"{text} (--optimizer {cfg['optimizer']})") from None

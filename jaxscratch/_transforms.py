@@ -44,22 +44,49 @@ class ApplyIfFiniteState(NamedTuple):
 
 
 # ---------------------------------------------------------------- helpers
-def _check(name: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False) -> None:
-    """Range-check a hyperparameter if it is concrete; schedules and tracers pass."""
+SCHEDULABLE = "a number, a JAX scalar or a schedule (a callable count -> value)"
+NUMBER = "a number or a JAX scalar"
+
+
+def _describe(value) -> str:
+    """What a rejected argument is, for an error message: ``str '0.01'``, ``float32 array of shape (3,)``."""
+    if value is None:
+        return "None"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        traced = "traced " if isinstance(value, jax.core.Tracer) else ""
+        return f"{traced}{value.dtype} array of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _is_number(value) -> bool:
+    """A real scalar that is not a boolean: a Python int or float, a NumPy scalar, or a 0-d NumPy
+    or JAX array of an integer or floating dtype (a tracer included)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
+    if dtype is None or shape != ():
+        return False
+    return bool(jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+
+
+def _check(owner: str, name: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False,
+           schedule=True) -> None:
+    """Check that ``owner``'s hyperparameter ``name`` is a real scalar (or, when ``schedule``, a
+    callable), then its range if it is concrete: tracers are only type-checked, never read."""
     if callable(value):
-        return
+        if schedule:
+            return
+        raise TypeError(f"{owner}: {name} must be {NUMBER} (it cannot be a schedule); found {_describe(value)}")
+    if not _is_number(value):
+        raise TypeError(f"{owner}: {name} must be {SCHEDULABLE if schedule else NUMBER}; found {_describe(value)}")
     if isinstance(value, jax.core.Tracer):
-        if jnp.ndim(value) != 0:
-            raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(value)}")
         return
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{name} must be a number, a JAX scalar or a schedule; got {type(value).__name__}"
-        ) from None
+    v = float(value)
     if v != v:
-        raise ValueError(f"{name} must not be NaN")
+        raise ValueError(f"{owner}: {name} must not be NaN")
     ok = True
     if lo is not None:
         ok &= v > lo if lo_open else v >= lo
@@ -70,7 +97,19 @@ def _check(name: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False) 
         right = ")" if hi_open else "]"
         lo_s = "-inf" if lo is None else lo
         hi_s = "inf" if hi is None else hi
-        raise ValueError(f"{name} must be in {left}{lo_s}, {hi_s}{right}; got {value}")
+        raise ValueError(f"{owner}: {name} must be in {left}{lo_s}, {hi_s}{right}; got {value}")
+
+
+def _check_flag(owner: str, name: str, value) -> None:
+    """A switch must be ``True`` or ``False``: a string "False" would otherwise read as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}: {name} must be True or False; found {_describe(value)}")
+
+
+def _check_optimizer(owner: str, name: str, value) -> None:
+    if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
+        raise TypeError(f"{owner}: {name} must be an optimizer, an (init, update) pair such as "
+                        f"optim.adam(); found {_describe(value)}")
 
 
 def _at(value, count):
@@ -90,7 +129,8 @@ def _zeros_count() -> jax.Array:
 def _full_like(x, fill) -> jax.Array:
     """``jnp.full_like(x, fill)``; for a concrete array, filled on the host and placed where
     ``x`` is, so an eager ``init`` compiles no small program per shape (``train.fit``'s setup)."""
-    if isinstance(x, jax.core.Tracer) or getattr(x, "weak_type", False) or not hasattr(x, "shape"):
+    if isinstance(x, jax.core.Tracer) or isinstance(fill, jax.core.Tracer) or getattr(x, "weak_type", False) \
+            or not hasattr(x, "shape"):
         return jnp.full_like(x, fill)
     committed = getattr(x, "committed", False)
     return jax.device_put(np.full(x.shape, fill, x.dtype), x.sharding if committed else None)
@@ -150,7 +190,7 @@ def add_decayed_weights(weight_decay=0.0, mask=None) -> Optimizer:
 
     The textbook's L2 decay on weights only is ``mask=nn.weights_mask``.
     """
-    _check("weight_decay", weight_decay, 0)
+    _check("add_decayed_weights", "weight_decay", weight_decay, 0)
 
     def update(grads, state, params=None):
         _need_params(params, "add_decayed_weights")
@@ -164,7 +204,7 @@ def add_decayed_weights(weight_decay=0.0, mask=None) -> Optimizer:
 
 def clip_by_global_norm(max_norm) -> Optimizer:
     """Rescale all updates together so their global L2 norm is at most ``max_norm``."""
-    _check("max_norm", max_norm, 0, lo_open=True)
+    _check("clip_by_global_norm", "max_norm", max_norm, 0, lo_open=True)
 
     def update(grads, state, params=None):
         leaves = jax.tree.leaves(grads)
@@ -176,19 +216,26 @@ def clip_by_global_norm(max_norm) -> Optimizer:
     return Optimizer(lambda params: CountState(_zeros_count()), update)
 
 
+_MASKS = ("mask", "weight_decay_mask")  # callables that are not schedules: they stay static
+
+
 def inject_hyperparams(factory: Callable[..., Optimizer]) -> Callable[..., Optimizer]:
     """Wrap an optimizer factory so its numeric hyperparameters live in the state.
 
     ``opt = inject_hyperparams(adam)(learning_rate=1e-3)``; then
     ``state.hyperparams["learning_rate"]`` can be read or replaced between steps with no
     recompilation, and vmapped over. Schedules are evaluated at each step and their current
-    value stored; booleans and other non-numbers stay static keyword arguments.
+    value stored; booleans, masks and other non-numbers stay static keyword arguments. Every value
+    is checked by ``factory`` first, so a wrong type fails here, naming the factory and argument.
     """
 
+    if not callable(factory):
+        raise TypeError(f"inject_hyperparams: factory must be an optimizer factory such as optim.adam; "
+                        f"found {_describe(factory)}")
+
     def wrapped(**kwargs) -> Optimizer:
-        factory(**kwargs)  # validate concrete values once, up front
-        numeric = {k: v for k, v in kwargs.items()
-                   if callable(v) or (not isinstance(v, bool) and isinstance(v, (int, float, jax.Array)))}
+        factory(**kwargs)  # the factory checks every value (types, and ranges of concrete ones) up front
+        numeric = {k: v for k, v in kwargs.items() if k not in _MASKS and (callable(v) or _is_number(v))}
         static = {k: v for k, v in kwargs.items() if k not in numeric}
         schedules = {k: v for k, v in numeric.items() if callable(v)}
 
@@ -243,9 +290,12 @@ def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 5) -> Optimi
     failing shows it (``train.fit`` then stops with the step named). The counts are in the state
     (:class:`ApplyIfFiniteState`); ``train.fit`` reports ``total_notfinite`` per epoch.
     """
-    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) \
-            or max_consecutive_errors < 0:
-        raise ValueError(f"max_consecutive_errors must be an int >= 0; got {max_consecutive_errors!r}")
+    _check_optimizer("apply_if_finite", "inner", inner)
+    if isinstance(max_consecutive_errors, (bool, np.bool_)) or not isinstance(max_consecutive_errors, (int, np.integer)):
+        raise TypeError(f"apply_if_finite: max_consecutive_errors must be an int >= 0; "
+                        f"found {_describe(max_consecutive_errors)}")
+    if max_consecutive_errors < 0:
+        raise ValueError(f"apply_if_finite: max_consecutive_errors must be an int >= 0; got {max_consecutive_errors}")
 
     def init(params):
         zero = _zeros_count()

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxscratch._transforms import (ApplyIfFiniteState, CountState, InjectState, Optimizer, _as, _at, _check,  # noqa: F401
+from jaxscratch._transforms import (ApplyIfFiniteState, CountState, InjectState, Optimizer, _as, _at, _check, _check_flag,  # noqa: F401
                                     _increment, _need_params, _resolve_mask, _zeros_count, _zeros_like,
                                     add_decayed_weights, apply_if_finite, apply_updates, chain,
                                     clip_by_global_norm, inject_hyperparams)
@@ -101,7 +101,7 @@ def sgd(learning_rate=0.01) -> Optimizer:
     >>> apply_updates(p, u)["w"].tolist()
     [0.8999999761581421, 0.8999999761581421]
     """
-    _check("learning_rate", learning_rate, 0)
+    _check("sgd", "learning_rate", learning_rate, 0)
 
     def update(grads, state, params=None):
         lr = _at(learning_rate, state.count)
@@ -119,8 +119,8 @@ def momentum(learning_rate=0.01, momentum=0.9) -> Optimizer:
     optax: ``optax.chain(optax.scale_by_learning_rate(lr), optax.trace(momentum))``; equal to
     ``optax.sgd(lr, momentum=momentum)`` only for a constant learning rate.
     """
-    _check("learning_rate", learning_rate, 0)
-    _check("momentum", momentum, 0, 1, hi_open=True)
+    _check("momentum", "learning_rate", learning_rate, 0)
+    _check("momentum", "momentum", momentum, 0, 1, hi_open=True)
 
     def init(params):
         return MomentumState(_zeros_count(), _zeros_like(params))
@@ -142,8 +142,8 @@ def nesterov(learning_rate=0.01, momentum=0.9) -> Optimizer:
     ``W += m*m*v - (1+m)*lr*g; v = m*v - lr*g``. optax:
     ``optax.sgd(lr, momentum=momentum, nesterov=True)``.
     """
-    _check("learning_rate", learning_rate, 0)
-    _check("momentum", momentum, 0, 1, hi_open=True)
+    _check("nesterov", "learning_rate", learning_rate, 0)
+    _check("nesterov", "momentum", momentum, 0, 1, hi_open=True)
 
     def init(params):
         return TraceState(_zeros_count(), _zeros_like(params))
@@ -163,9 +163,10 @@ def adagrad(learning_rate=0.01, initial_accumulator_value=0.0, eps=1e-7, *, eps_
     ``eps_in_sqrt=True`` uses :math:`g / \sqrt{h + \epsilon}` (zero where :math:`h = 0`),
     which is ``optax.adagrad(lr, initial_accumulator_value, eps)``; the default is the book's.
     """
-    _check("learning_rate", learning_rate, 0)
-    _check("initial_accumulator_value", initial_accumulator_value, 0)
-    _check("eps", eps, 0)
+    _check("adagrad", "learning_rate", learning_rate, 0)
+    _check("adagrad", "initial_accumulator_value", initial_accumulator_value, 0, schedule=False)
+    _check("adagrad", "eps", eps, 0, schedule=False)
+    _check_flag("adagrad", "eps_in_sqrt", eps_in_sqrt)
 
     def init(params):
         return AdagradState(_zeros_count(), _zeros_like(params, initial_accumulator_value))
@@ -191,10 +192,11 @@ def rmsprop(learning_rate=0.01, decay=0.99, eps=1e-7, *, initial_scale=0.0, eps_
     optax: ``optax.rmsprop(lr, decay=decay, eps=eps, initial_scale=initial_scale,
     eps_in_sqrt=eps_in_sqrt)``.
     """
-    _check("learning_rate", learning_rate, 0)
-    _check("decay", decay, 0, 1)
-    _check("eps", eps, 0)
-    _check("initial_scale", initial_scale, 0)
+    _check("rmsprop", "learning_rate", learning_rate, 0)
+    _check("rmsprop", "decay", decay, 0, 1)
+    _check("rmsprop", "eps", eps, 0, schedule=False)
+    _check("rmsprop", "initial_scale", initial_scale, 0, schedule=False)
+    _check_flag("rmsprop", "eps_in_sqrt", eps_in_sqrt)
 
     def init(params):
         return RmspropState(_zeros_count(), _zeros_like(params, initial_scale))
@@ -213,15 +215,16 @@ def rmsprop(learning_rate=0.01, decay=0.99, eps=1e-7, *, initial_scale=0.0, eps_
     return Optimizer(init, update)
 
 
-def _adam_family(learning_rate, b1, b2, eps, eps_root, fold_bias_correction, nesterov_momentum,
+def _adam_family(name, learning_rate, b1, b2, eps, eps_root, fold_bias_correction, nesterov_momentum,
                  weight_decay, mask) -> Optimizer:
-    _check("learning_rate", learning_rate, 0)
-    _check("b1", b1, 0, 1, hi_open=True)
-    _check("b2", b2, 0, 1, hi_open=True)
-    _check("eps", eps, 0)
-    _check("eps_root", eps_root, 0)
+    _check(name, "learning_rate", learning_rate, 0)
+    _check(name, "b1", b1, 0, 1, hi_open=True)
+    _check(name, "b2", b2, 0, 1, hi_open=True)
+    _check(name, "eps", eps, 0, schedule=False)
+    _check(name, "eps_root", eps_root, 0, schedule=False)
     if weight_decay is not None:
-        _check("weight_decay", weight_decay, 0)
+        _check(name, "weight_decay", weight_decay, 0)
+    _check_flag(name, "fold_bias_correction", fold_bias_correction)
     if fold_bias_correction and nesterov_momentum:
         raise ValueError("fold_bias_correction applies to Adam's update, not to NAdam's")
 
@@ -248,7 +251,7 @@ def _adam_family(learning_rate, b1, b2, eps, eps_root, fold_bias_correction, nes
 
         u = jax.tree.map(step, grads, mu, nu)
         if weight_decay is not None:
-            _need_params(params, "adamw")
+            _need_params(params, name)
             keep = _resolve_mask(mask, params)
             u = jax.tree.map(lambda u, p, k: u + _as(wd, u) * p if k else u, u, params, keep)
         u = jax.tree.map(lambda u: -_as(lr, u) * u, u)
@@ -270,7 +273,7 @@ def adam(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, *, eps_root=0.0,
     :math:`\eta_t = \eta \sqrt{1-\beta_2^t} / (1-\beta_1^t)`; it equals Algorithm 1 with
     :math:`\epsilon` scaled by :math:`\sqrt{1-\beta_2^t}`.
     """
-    return _adam_family(learning_rate, b1, b2, eps, eps_root, fold_bias_correction, False, None, None)
+    return _adam_family("adam", learning_rate, b1, b2, eps, eps_root, fold_bias_correction, False, None, None)
 
 
 def adamw(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, weight_decay=1e-4, *, eps_root=0.0,
@@ -281,7 +284,8 @@ def adamw(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, weight_decay=1e-4, *,
     ``mask`` (None: every leaf) picks the decayed leaves. optax: ``optax.adamw(lr, b1, b2,
     eps, eps_root=eps_root, weight_decay=weight_decay, mask=mask)``.
     """
-    return _adam_family(learning_rate, b1, b2, eps, eps_root, fold_bias_correction, False, weight_decay, mask)
+    _check("adamw", "weight_decay", weight_decay, 0)  # None is no number here: adam is adamw without decay
+    return _adam_family("adamw", learning_rate, b1, b2, eps, eps_root, fold_bias_correction, False, weight_decay, mask)
 
 
 def nadam(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, *, eps_root=0.0) -> Optimizer:
@@ -289,7 +293,7 @@ def nadam(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, *, eps_root=0.0) -> O
 
     optax: ``optax.nadam(lr, b1, b2, eps, eps_root=eps_root)``.
     """
-    return _adam_family(learning_rate, b1, b2, eps, eps_root, False, True, None, None)
+    return _adam_family("nadam", learning_rate, b1, b2, eps, eps_root, False, True, None, None)
 
 
 def adamax(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-7) -> Optimizer:
@@ -297,10 +301,10 @@ def adamax(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-7) -> Optimizer:
 
     optax: ``optax.adamax(lr, b1, b2, eps)`` (whose eps sits inside the max, as here).
     """
-    _check("learning_rate", learning_rate, 0)
-    _check("b1", b1, 0, 1, hi_open=True)
-    _check("b2", b2, 0, 1, hi_open=True)
-    _check("eps", eps, 0)
+    _check("adamax", "learning_rate", learning_rate, 0)
+    _check("adamax", "b1", b1, 0, 1, hi_open=True)
+    _check("adamax", "b2", b2, 0, 1, hi_open=True)
+    _check("adamax", "eps", eps, 0, schedule=False)
 
     def init(params):
         return AdamState(_zeros_count(), _zeros_like(params), _zeros_like(params))
@@ -323,10 +327,10 @@ def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=1e-3, *, mask=None) -
 
     optax: ``optax.lion(lr, b1, b2, weight_decay, mask=mask)``.
     """
-    _check("learning_rate", learning_rate, 0)
-    _check("b1", b1, 0, 1)
-    _check("b2", b2, 0, 1)
-    _check("weight_decay", weight_decay, 0)
+    _check("lion", "learning_rate", learning_rate, 0)
+    _check("lion", "b1", b1, 0, 1)
+    _check("lion", "b2", b2, 0, 1)
+    _check("lion", "weight_decay", weight_decay, 0)
 
     def update(grads, state, params=None):
         lr, wd = _at(learning_rate, state.count), _at(weight_decay, state.count)
@@ -349,10 +353,10 @@ def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, mask=Non
     ``weight_decay`` adds :math:`\lambda W` to the gradient first. optax:
     ``optax.adadelta(lr, rho, eps, weight_decay, weight_decay_mask=mask)``.
     """
-    _check("learning_rate", learning_rate, 0)
-    _check("rho", rho, 0, 1)
-    _check("eps", eps, 0)
-    _check("weight_decay", weight_decay, 0)
+    _check("adadelta", "learning_rate", learning_rate, 0)
+    _check("adadelta", "rho", rho, 0, 1)
+    _check("adadelta", "eps", eps, 0, schedule=False)
+    _check("adadelta", "weight_decay", weight_decay, 0)
 
     def init(params):
         return AdadeltaState(_zeros_count(), _zeros_like(params), _zeros_like(params))

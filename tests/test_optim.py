@@ -1,4 +1,7 @@
 """Generic optimizer checks, driven by the one table in ``optimizer_table.py``."""
+import inspect
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -338,11 +341,105 @@ def test_bad_hyperparameters_raise_clear_errors(call, match):
         call()
 
 
-def test_bad_hyperparameter_types_raise():
-    with pytest.raises(TypeError, match=r"learning_rate must be a number, a JAX scalar or a schedule; got str"):
-        optim.sgd("fast")
-    with pytest.raises(ValueError, match=r"learning_rate must be a scalar"):
+def _hyperparameters(factory):
+    """The numeric hyperparameters of ``factory`` (those whose default is a number) and whether
+    each may be a schedule (the eps-like ones and initial values may not)."""
+    fixed = ("eps", "eps_root", "initial_accumulator_value", "initial_scale")
+    return {n: n not in fixed for n, p in inspect.signature(factory).parameters.items()
+            if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)}
+
+
+# A value of each kind the checks must refuse, with how the error message names it.
+BAD_TYPES = [("0.01", "str '0.01'"), (None, "None"), (True, "bool True"), ([0.01], "list [0.01]"),
+             (0.01 + 0j, "complex (0.01+0j)"), (np.ones(2), "float64 array of shape (2,)"),
+             (jnp.ones((1,)), "float32 array of shape (1,)"), (np.bool_(False), "bool array of shape ()"),
+             (jnp.array(1j), "complex64 array of shape ()")]
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_hyperparameters_of_a_wrong_type_raise_type_errors_naming_them(name):
+    factory = FACTORIES[name]
+    for arg, schedulable in _hyperparameters(factory).items():
+        expected = "a number, a JAX scalar or a schedule (a callable count -> value)" if schedulable \
+            else "a number or a JAX scalar"
+        for value, found in BAD_TYPES:
+            with pytest.raises(TypeError, match=re.escape(f"{name}: {arg} must be {expected}; found {found}")):
+                factory(**{arg: value})
+        if not schedulable:
+            with pytest.raises(TypeError, match=re.escape(f"{name}: {arg} must be a number or a JAX scalar "
+                                                          f"(it cannot be a schedule); found function")):
+                factory(**{arg: lambda count: 0.1})
+    for flag in ("eps_in_sqrt", "fold_bias_correction"):
+        if flag in inspect.signature(factory).parameters:
+            with pytest.raises(TypeError, match=re.escape(f"{name}: {flag} must be True or False; found str 'False'")):
+                factory(**{flag: "False"})
+
+
+def test_wrappers_check_their_arguments_types():
+    for value, found in BAD_TYPES:
+        with pytest.raises(TypeError, match=re.escape(f"add_decayed_weights: weight_decay must be a number, a JAX "
+                                                      f"scalar or a schedule (a callable count -> value); found {found}")):
+            optim.add_decayed_weights(value)
+        with pytest.raises(TypeError, match=re.escape(f"clip_by_global_norm: max_norm must be a number, a JAX scalar "
+                                                      f"or a schedule (a callable count -> value); found {found}")):
+            optim.clip_by_global_norm(value)
+        with pytest.raises(TypeError, match=re.escape(f"adam: learning_rate must be a number, a JAX scalar or a "
+                                                      f"schedule (a callable count -> value); found {found}")):
+            optim.inject_hyperparams(optim.adam)(learning_rate=value)
+    for value, found in [(2.0, "float 2.0"), (True, "bool True"), ("5", "str '5'"), (None, "None")]:
+        with pytest.raises(TypeError, match=re.escape(f"apply_if_finite: max_consecutive_errors must be an int >= 0; "
+                                                      f"found {found}")):
+            optim.apply_if_finite(optim.sgd(), value)
+    with pytest.raises(TypeError, match=r"apply_if_finite: inner must be an optimizer.*found str 'adam'"):
+        optim.apply_if_finite("adam")
+    with pytest.raises(TypeError, match=r"inject_hyperparams: factory must be an optimizer factory.*found str"):
+        optim.inject_hyperparams("adam")
+    with pytest.raises(TypeError, match=r"adamw: weight_decay must be .*; found None"):
+        optim.adamw(weight_decay=None)
+
+
+ACCEPTED = [1, 0.01, np.float32(0.01), np.float64(0.01), np.int32(1), np.array(0.01), jnp.float32(0.01),
+            jnp.array(1), jnp.bfloat16(0.01)]
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_numbers_of_every_kind_and_schedules_are_accepted(name):
+    """Python, NumPy and JAX scalars (0-d arrays) work as learning rates and give the same update;
+    so does a schedule returning the value."""
+    factory, params = FACTORIES[name], {"w": jnp.linspace(-1.0, 1.0, 4)}
+    grads = {"w": jnp.cos(jnp.arange(4.0))}
+    ref, _ = factory(learning_rate=0.5).update(grads, factory(learning_rate=0.5).init(params), params)
+    for value in ACCEPTED + [lambda count: 0.5]:
+        opt = factory(learning_rate=value)
+        updates, _ = opt.update(grads, opt.init(params), params)
+        assert updates["w"].dtype == jnp.float32
+        if callable(value):
+            np.testing.assert_allclose(updates["w"], ref["w"], rtol=1e-6)
+
+
+def test_traced_hyperparameters_pass_the_checks_inside_jit_and_vmap(key):
+    """Tracers are type-checked only: every numeric hyperparameter of every optimizer can be
+    vmapped over, and a traced non-scalar or boolean is still refused."""
+    params = random_tree(key)
+    grads = random_tree(jax.random.fold_in(key, 1))
+    for name, factory in sorted(FACTORIES.items()):
+        for arg in _hyperparameters(factory):
+            default = inspect.signature(factory).parameters[arg].default
+            values = jnp.array([default, default * 0.5 if default else 0.1], jnp.float32)
+
+            def one(v):
+                opt = factory(**{arg: v})
+                return opt.update(grads, opt.init(params), params)[0]
+
+            batched = jax.vmap(one)(values)
+            for i in range(2):
+                for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(one(values[i]))):
+                    np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7, err_msg=f"{name} {arg}")
+    with pytest.raises(TypeError, match=re.escape("sgd: learning_rate must be a number, a JAX scalar or a schedule "
+                                                  "(a callable count -> value); found traced float32 array of shape (3,)")):
         jax.jit(lambda lr: optim.sgd(lr))(jnp.ones(3))
+    with pytest.raises(TypeError, match=r"adam: b1 must be .*; found traced bool array of shape \(\)"):
+        jax.jit(lambda b1: optim.adam(b1=b1))(jnp.bool_(True))
 
 
 def test_decay_needs_params():
