@@ -3,12 +3,14 @@
 ``inject_hyperparams`` and ``apply_if_finite``.
 
 Private: import these from :mod:`jaxscratch.optim`, whose docstring states the contract they
-keep (optax's call signature, a ``count`` first in every state, ``update`` preserving the tree
-structure and dtypes, range checks on concrete values only). The algorithms themselves are in
+keep (optax's call signature with its extra keyword arguments, a ``count`` first in every state,
+``update`` preserving the tree structure and dtypes, type checks always, range checks on
+concrete values only). The algorithms themselves are in
 ``optim``; this module holds what they and their wrappers share.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -158,6 +160,25 @@ def _need_params(params, who: str):
         raise ValueError(f"{who} needs params: call update(grads, state, params)")
 
 
+def _forwarding_extra_args(update: Callable) -> Callable:
+    """``update`` as a function that takes any extra keyword arguments (optax's protocol: a loss
+    ``value=`` for ``reduce_on_plateau``, ...) and passes on those ``update`` declares: all of them
+    when it has ``**kwargs`` (every update of ours, optax's ``GradientTransformationExtraArgs``),
+    otherwise the keywords it names after ``params`` (none, for optax's plain transforms)."""
+    try:
+        sig = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass everything
+        return update
+    if any(p.kind is p.VAR_KEYWORD for p in sig):
+        return update
+    named = {p.name for p in list(sig)[3:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def call(grads, state, params=None, **extra_args):
+        return update(grads, state, params, **{k: v for k, v in extra_args.items() if k in named})
+
+    return call
+
+
 def apply_updates(params, updates):
     """``params + updates`` leaf by leaf, each result in its parameter's dtype."""
     return jax.tree.map(
@@ -168,17 +189,24 @@ def apply_updates(params, updates):
 
 # ---------------------------------------------------------------- composition
 def chain(*transforms) -> Optimizer:
-    """Apply ``transforms`` in order; the state is the tuple of their states (as optax's)."""
+    """Apply ``transforms`` in order; the state is the tuple of their states (as optax's).
+
+    Extra keyword arguments of ``update`` (``value=loss`` for ``optax.contrib.reduce_on_plateau``)
+    reach every transform that takes them; the others never see them.
+    """
+    for i, t in enumerate(transforms):
+        _check_optimizer("chain", f"transform {i}", t)
+    updates = [_forwarding_extra_args(t.update) for t in transforms]
 
     def init(params):
         return tuple(t.init(params) for t in transforms)
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         if len(state) != len(transforms):
             raise ValueError(f"chain of {len(transforms)} transforms got a state of length {len(state)}")
         new_states = []
-        for t, s in zip(transforms, state):
-            grads, s = t.update(grads, s, params)
+        for u, s in zip(updates, state):
+            grads, s = u(grads, s, params, **extra_args)
             new_states.append(s)
         return grads, tuple(new_states)
 
@@ -192,7 +220,7 @@ def add_decayed_weights(weight_decay=0.0, mask=None) -> Optimizer:
     """
     _check("add_decayed_weights", "weight_decay", weight_decay, 0)
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         _need_params(params, "add_decayed_weights")
         wd = _at(weight_decay, state.count)
         m = _resolve_mask(mask, params)
@@ -206,7 +234,7 @@ def clip_by_global_norm(max_norm) -> Optimizer:
     """Rescale all updates together so their global L2 norm is at most ``max_norm``."""
     _check("clip_by_global_norm", "max_norm", max_norm, 0, lo_open=True)
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         leaves = jax.tree.leaves(grads)
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves)) if leaves else 0.0
         limit = _at(max_norm, state.count)
@@ -274,11 +302,12 @@ class _InjectedUpdate:
     def __hash__(self):
         return id(self) if self._key is None else hash(self._key)
 
-    def __call__(self, grads, state, params=None):
+    def __call__(self, grads, state, params=None, **extra_args):
         # schedules are evaluated at this step; numbers come from the state
         hp = {k: jnp.asarray(self.schedules[k](state.count), jnp.result_type(float)) if k in self.schedules
               else state.hyperparams[k] for k in self.names}
-        updates, inner = self.factory(**self.static, **hp).update(grads, state.inner_state, params)
+        inner_update = _forwarding_extra_args(self.factory(**self.static, **hp).update)
+        updates, inner = inner_update(grads, state.inner_state, params, **extra_args)
         return updates, InjectState(_increment(state.count), hp, inner)
 
 
@@ -297,15 +326,17 @@ def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 5) -> Optimi
     if max_consecutive_errors < 0:
         raise ValueError(f"apply_if_finite: max_consecutive_errors must be an int >= 0; got {max_consecutive_errors}")
 
+    inner_update = _forwarding_extra_args(inner.update)
+
     def init(params):
         zero = _zeros_count()
         return ApplyIfFiniteState(zero, zero, jax.device_put(np.bool_(True)), zero, inner.init(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [jnp.bool_(True)]))
         run = jnp.where(finite, 0, _increment(state.notfinite_count))
         apply = finite | (run > max_consecutive_errors)
-        updates, new_inner = inner.update(grads, state.inner_state, params)
+        updates, new_inner = inner_update(grads, state.inner_state, params, **extra_args)
         updates = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), updates)
         new_inner = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_inner, state.inner_state)
         total = jnp.where(finite, state.total_notfinite, _increment(state.total_notfinite))

@@ -9,6 +9,12 @@ Contract:
     the tree structure, shapes and dtypes of ``grads``; ``apply_updates(p, zeros) == p``.
   * Every state is a NamedTuple pytree whose first field is its own step ``count`` (int32,
     0 before the first update); a learning-rate schedule is evaluated at that count.
+  * ``update`` takes extra keyword arguments too (optax's extra-args protocol, e.g. ``value=loss``
+    for ``optax.contrib.reduce_on_plateau``): our optimizers ignore them, and ``chain``,
+    ``inject_hyperparams`` and ``apply_if_finite`` hand them to each inner update that declares
+    them (``**kwargs``, or by name), never to one that does not (optax's plain transforms).
+    ``optax.chain`` passes them only to its own ``GradientTransformationExtraArgs``, so put such a
+    transform in our :func:`chain`, not ours in ``optax.chain``.
   * The shape of the interface is optax's, so our optimizers work inside ``optax.chain``,
     optax's transformations work inside :func:`chain`, and ``optax.tree_utils`` reads our
     states, all without this module importing optax.
@@ -19,8 +25,10 @@ so build the optimizer inside the function you ``jit`` or ``vmap`` and pass the 
 an argument: one compiled program then serves every value. A callable is a schedule
 ``count -> value``. :func:`inject_hyperparams` moves the numbers into the state instead,
 for code that wants to change them between steps of an already-compiled ``update``.
-Range checks (``learning_rate >= 0``, ``0 <= b1 < 1``, ...) run on concrete values only, so
-they never break tracing.
+Every hyperparameter is type-checked when the optimizer is built: a string, ``None``, a bool, a
+list, a complex number or a non-scalar array raises a ``TypeError`` naming the optimizer and the
+argument. Range checks (``learning_rate >= 0``, ``0 <= b1 < 1``, ...) run on concrete values
+only, so they never break tracing.
 
 Layout: the :class:`Optimizer` pair, ``apply_updates`` and the wrappers that compose optimizers
 (``chain``, ``add_decayed_weights``, ``clip_by_global_norm``, ``inject_hyperparams``,
@@ -103,7 +111,7 @@ def sgd(learning_rate=0.01) -> Optimizer:
     """
     _check("sgd", "learning_rate", learning_rate, 0)
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         lr = _at(learning_rate, state.count)
         return jax.tree.map(lambda g: -_as(lr, g) * g, grads), CountState(_increment(state.count))
 
@@ -125,7 +133,7 @@ def momentum(learning_rate=0.01, momentum=0.9) -> Optimizer:
     def init(params):
         return MomentumState(_zeros_count(), _zeros_like(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         lr, mu = _at(learning_rate, state.count), _at(momentum, state.count)
         v = jax.tree.map(lambda g, v: _as(mu, g) * v - _as(lr, g) * g, grads, state.velocity)
         return v, MomentumState(_increment(state.count), v)
@@ -148,7 +156,7 @@ def nesterov(learning_rate=0.01, momentum=0.9) -> Optimizer:
     def init(params):
         return TraceState(_zeros_count(), _zeros_like(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         lr, mu = _at(learning_rate, state.count), _at(momentum, state.count)
         t = jax.tree.map(lambda g, t: g + _as(mu, g) * t, grads, state.trace)
         u = jax.tree.map(lambda g, t: -_as(lr, g) * (g + _as(mu, g) * t), grads, t)
@@ -171,7 +179,7 @@ def adagrad(learning_rate=0.01, initial_accumulator_value=0.0, eps=1e-7, *, eps_
     def init(params):
         return AdagradState(_zeros_count(), _zeros_like(params, initial_accumulator_value))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         lr = _at(learning_rate, state.count)
         h = jax.tree.map(lambda g, h: h + g * g, grads, state.sum_of_squares)
 
@@ -201,7 +209,7 @@ def rmsprop(learning_rate=0.01, decay=0.99, eps=1e-7, *, initial_scale=0.0, eps_
     def init(params):
         return RmspropState(_zeros_count(), _zeros_like(params, initial_scale))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         lr, d = _at(learning_rate, state.count), _at(decay, state.count)
         nu = jax.tree.map(lambda g, n: (1 - _as(d, g)) * g * g + _as(d, g) * n, grads, state.nu)
 
@@ -231,7 +239,7 @@ def _adam_family(name, learning_rate, b1, b2, eps, eps_root, fold_bias_correctio
     def init(params):
         return AdamState(_zeros_count(), _zeros_like(params), _zeros_like(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count = _increment(state.count)
         lr, wd = _at(learning_rate, state.count), _at(weight_decay, state.count)
         beta1, beta2 = _at(b1, state.count), _at(b2, state.count)
@@ -309,7 +317,7 @@ def adamax(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-7) -> Optimizer:
     def init(params):
         return AdamState(_zeros_count(), _zeros_like(params), _zeros_like(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         count = _increment(state.count)
         lr, beta1, beta2 = (_at(v, state.count) for v in (learning_rate, b1, b2))
         mu = jax.tree.map(lambda g, m: (1 - _as(beta1, g)) * g + _as(beta1, g) * m, grads, state.mu)
@@ -332,7 +340,7 @@ def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=1e-3, *, mask=None) -
     _check("lion", "b2", b2, 0, 1)
     _check("lion", "weight_decay", weight_decay, 0)
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         lr, wd = _at(learning_rate, state.count), _at(weight_decay, state.count)
         c1, c2 = _at(b1, state.count), _at(b2, state.count)
         u = jax.tree.map(lambda g, m: jnp.sign((1 - _as(c1, g)) * g + _as(c1, g) * m), grads, state.mu)
@@ -361,7 +369,7 @@ def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, mask=Non
     def init(params):
         return AdadeltaState(_zeros_count(), _zeros_like(params), _zeros_like(params))
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         lr, r, wd = (_at(v, state.count) for v in (learning_rate, rho, weight_decay))
         if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
             _need_params(params, "adadelta with weight_decay")
