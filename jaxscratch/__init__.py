@@ -6,14 +6,15 @@ the book's MLP; flax and equinox adapters in ``_adapters``), ``losses``, ``optim
 as ``(init, update)`` pairs; their interface and wrappers in ``_transforms``), ``schedules``,
 ``data`` (IDX files and downloads in ``_idx``); ``gradcheck`` (numerical gradients) and
 ``landscapes`` (2-D test functions, optimizer paths) sit beside ``train``; ``plot``
-(matplotlib) is imported only on demand; ``compile_cache`` (compiled programs on disk, enabled
+(matplotlib) is imported only on demand; ``testing`` (cross-checks of two optimizers, pytree
+assertions) sits beside ``train``; ``compile_cache`` (compiled programs on disk, enabled
 by the command line only) and ``devices`` (one JAX device per CPU core, for sweeps) stand alone;
 every compiled program is kept by the private ``_compiled``.
 """
 __version__ = "0.5.0"
 
 from jaxscratch import (checkpoint, compile_cache, data, devices, gradcheck, landscapes, losses, nn, optim, schedules, sweep,
-                        train)
+                        testing, train)
 
 __all__ = ["__version__", "checkpoint", "compile_cache", "data", "devices", "gradcheck", "landscapes", "losses", "nn", "optim",
-           "schedules", "sweep", "train"]
+           "schedules", "sweep", "testing", "train"]
