@@ -492,6 +492,7 @@ def cmd_train(args) -> int:
         _check_same_data(meta, cfg, ds, "--resume: ")
     model, sha = _model(cfg, sizes, ds.x_train.shape[1:], sha256=meta.get("model_sha256") if args.resume else None,
                         debug=args.debug)
+    _check_memory(model, optimizer, cfg)
     state = best = history = None
     if args.resume:
         template = _template(cfg, model, optimizer)
@@ -526,6 +527,26 @@ def cmd_train(args) -> int:
         _unlock_run(lock, out)
 
 
+def _check_memory(model, optimizer, cfg) -> None:
+    """Refuse a model whose training state cannot fit, before a byte of it is allocated: its
+    parameters and optimizer state (by ``jax.eval_shape``), held twice (the state and the best
+    one), plus the gradients and updates."""
+    params, model_state = jax.eval_shape(model.init, jax.random.key(0))
+    opt_state = jax.eval_shape(optimizer.init, params)
+    size = lambda tree: sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
+    p = size(params)
+    need = 2 * (p + size(model_state) + size(opt_state)) + 2 * p
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    have = stats.get("bytes_limit") if stats else devices.available_memory()
+    if have is not None and need > have:
+        count = sum(a.size for a in jax.tree.leaves(params))
+        what = f"--model {cfg['model']}" if cfg.get("model") else f"--hidden {cfg['hidden']}"
+        raise UsageError(f"{what}: the model has {count:,} parameters and training it needs about {need / 2**30:.3g} "
+                         f"GiB (parameters, gradients, optimizer state and the best copy), more than the "
+                         f"{have / 2**30:.3g} GiB of memory available on {device.platform}; choose a smaller model")
+
+
 def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, history, mesh) -> int:
     out, ckpt = args.out, os.path.join(args.out, CHECKPOINT)
     cfg = run["config"]
@@ -542,7 +563,7 @@ def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, his
     try:
         result = train.fit(
             jax.random.key(cfg["seed"]), model, optimizer, train_set, epochs=cfg["epochs"],
-            batch_size=cfg["batch_size"], loss=cfg["loss"], validation=val_set, test=(ds.x_test, ds.y_test),
+            batch_size=cfg["batch_size"], loss=cfg["loss"], validation=val_set, test=(ds.x_test, ds.y_test) if len(ds.x_test) else None,
             weight_decay=0.0 if decoupled else cfg["weight_decay"], sampling=cfg["sampling"], state=state, best=best,
             history=history, verbose=not args.quiet, on_epoch=save, mesh=mesh,
             compute_dtype=PRECISIONS[cfg["precision"]])
@@ -576,12 +597,22 @@ def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, his
     network = f"model {os.path.basename(cfg['model'])}" if cfg.get("model") else f"hidden {cfg['hidden']}"
     figure = _maybe_figure(h, os.path.join(out, FIGURE), f"{ds.name}: {cfg['optimizer']}, {network}")
     if not args.quiet:
-        result_text = (f"test accuracy {100 * metrics['test_accuracy']:.2f}%" if metrics["test_accuracy"] is not None
-                       else f"test rmse {metrics['test_rmse']:#.4g}" if "test_rmse" in metrics
-                       else f"test loss {metrics['test_loss']:.4f}")
-        print(f"{result_text}  ({steps} steps, {wall:.1f}s, "
+        print(f"{_result_text(metrics)}  ({steps} steps, {wall:.1f}s, "
               f"{metrics['steps_per_second']:.0f} steps/s{_skipped(metrics)})  -> {out}" + (f", {FIGURE}" if figure else ""))
     return 0
+
+
+def _result_text(metrics) -> str:
+    """The run's headline: its test result, or validation's (then training's) for a file without test rows."""
+    for split in ("test", "val", "train"):
+        if metrics[f"{split}_loss"] is not None:
+            break
+    name = {"test": "test", "val": "validation (no test rows)", "train": "training (no test or validation rows)"}[split]
+    if metrics[f"{split}_accuracy"] is not None:
+        return f"{name} accuracy {100 * metrics[f'{split}_accuracy']:.2f}%"
+    if metrics.get(f"{split}_rmse") is not None:
+        return f"{name} rmse {metrics[f'{split}_rmse']:#.4g}"
+    return f"{name} loss {metrics[f'{split}_loss']:.4f}"
 
 
 def _skipped(metrics) -> str:
@@ -759,12 +790,13 @@ def cmd_compare(args) -> int:
         (state, step_losses), = sweep.compare_optimizers(
             jax.random.fold_in(key, 1), {name: optim.OPTIMIZERS[name]()}, params, xt, yt,  # the book's defaults
             iterations=iterations, batch_size=args.batch_size, model=model, model_state=model_state).values()
-        acc = train.evaluate(model, state.params, state.model_state, xe, ye)["acc"]
+        acc = float(train.evaluate(model, state.params, state.model_state, xe, ye)["acc"]) if len(xe) else None
         curves[name] = step_losses
-        rows.append((name, float(np.mean(step_losses[-100:])), float(acc), time.perf_counter() - start))
-    print(f"{'optimizer':10s} {'final loss':>10s} {'test acc':>9s} {'time':>7s}   ({iterations} iterations, batch {args.batch_size})")
+        rows.append((name, float(np.mean(step_losses[-100:])), acc, time.perf_counter() - start))
+    print(f"{'optimizer':10s} {'final loss':>10s} {'test acc':>9s} {'time':>7s}   ({iterations} iterations, batch {args.batch_size})"
+          + ("" if len(xe) else "  (no test rows: no test accuracy)"))
     for name, loss, acc, secs in rows:
-        print(f"{name:10s} {loss:10.4f} {100 * acc:8.2f}% {secs:6.1f}s")
+        print(f"{name:10s} {loss:10.4f} {'-' if acc is None else f'{100 * acc:.2f}%':>9s} {secs:6.1f}s")
     _make_dirs(args.out)
     _write_json(os.path.join(args.out, "compare.json"), {"iterations": iterations, "results": [
         {"optimizer": n, "final_loss": l, "test_accuracy": a, "time_s": s} for n, l, a, s in rows]})

@@ -32,8 +32,6 @@ import importlib.resources
 import math
 import numbers
 import os
-import zipfile
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import _idx
+from jaxscratch import _idx, _npz
 from jaxscratch._idx import IDX_FILES, DataError, read_idx  # noqa: F401: part of this module's API
 
 __all__ = [
@@ -257,6 +255,26 @@ def _npz_labels(y, key, path) -> tuple[np.ndarray, int]:
     return y, int(y.max()) + 1 if y.size else 0
 
 
+def _check_classes(y_train, y_test, num_classes, path, *, declared: bool) -> int:
+    """``num_classes``, once training holds two classes or more, every test label is one of them,
+    and (unless one-hot rows ``declared`` the count) every class 0..C-1 occurs in training:
+    anything else would train outputs that no example teaches."""
+    seen = np.unique(y_train)
+    if len(seen) < 2:
+        raise DataError(f"{path}: y_train must hold at least two classes for a classifier; found only "
+                        f"{seen.tolist()} (every loss would be 0 and every accuracy 100%)")
+    if len(seen) < num_classes and not declared:
+        absent = np.setdiff1d(np.arange(min(num_classes, len(seen) + 6)), seen)[:5].tolist()
+        raise DataError(f"{path}: y_train must hold every class 0..{num_classes - 1} ({num_classes} outputs); "
+                        f"found {len(seen)} distinct labels, so classes such as {absent} never occur: number "
+                        f"the classes 0..{len(seen) - 1}")
+    unknown = np.setdiff1d(np.unique(y_test), seen)
+    if unknown.size:
+        raise DataError(f"{path}: y_test holds labels {unknown[:5].tolist()} that y_train never has (its classes are "
+                        f"0..{num_classes - 1}); a model cannot learn them")
+    return num_classes
+
+
 def _npz_values(y, key, path) -> tuple[np.ndarray, int]:
     """Regression targets as float32 ``(n,)`` or ``(n, k)``, finite; and their number of columns."""
     if y.ndim not in (1, 2) or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
@@ -270,33 +288,20 @@ def _npz_values(y, key, path) -> tuple[np.ndarray, int]:
 
 
 def _read_npz(path) -> dict[str, np.ndarray]:
-    """The four arrays of a user's .npz, loaded without pickle."""
+    """The four arrays of a user's .npz, each verified whole (``_npz``), never unpickled."""
     keys = ("x_train", "y_train", "x_test", "y_test")
     try:
         with open(path, "rb") as f:
             head = f.read(6)
     except OSError as e:
         raise DataError(f"cannot read {path} as an .npz file: {e}") from None
-    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):  # zip, empty zip, .npy
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path}: expected an .npz archive of named arrays; found a single array (.npy)")
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a zip, an empty zip
         # (np.load would take any other file for a pickle and say so: never suggest unpickling)
         raise DataError(f"{path}: not an .npz archive: expected a zip of .npy arrays; "
                         f"found a file starting with {head!r}")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"cannot read {path} as an .npz file: {e}") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: expected an .npz archive of named arrays; found a single array")
-    with npz:
-        missing = [k for k in keys if k not in npz.files]
-        if missing:
-            raise DataError(f"{path}: missing arrays {missing}; found {sorted(npz.files)}")
-        try:
-            return {k: npz[k] for k in keys}
-        except ValueError as e:  # object arrays would need pickle
-            raise DataError(f"{path}: refused to load an object (pickled) array: {e}") from None
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise DataError(f"{path}: corrupt .npz archive: {e}") from None
+    return _npz.read_arrays(path, keys)
 
 
 def _npz_images(x, key, path, *, normalize, flatten) -> np.ndarray:
@@ -330,7 +335,9 @@ def load_npz(path, *, normalize=True, flatten=True, one_hot=False, targets="labe
     by 255 when ``normalize`` (pass False for other ranges: they are only cast); float
     images are cast unchanged; all must be finite, and ``x_train`` must hold a sample. Labels
     are integers ``(n,)`` >= 0 or one-hot rows; ``num_classes`` is the one-hot width or the
-    largest label + 1. Never unpickles.
+    largest label + 1; ``y_train`` must hold two classes or more (every class, for integer
+    labels) and every test label. Each member is read whole and checked (its header against
+    its size, the zip's CRC-32) before it is trusted; nothing is unpickled.
 
     Returns:
       A :class:`Dataset` named after the file (``"mine"`` for ``mine.npz``).
@@ -356,7 +363,7 @@ def load_npz(path, *, normalize=True, flatten=True, one_hot=False, targets="labe
         if y_train.shape[1:] != y_test.shape[1:]:
             raise DataError(f"{path}: y_train and y_test rows differ in shape: {y_train.shape[1:]} vs {y_test.shape[1:]}")
         return Dataset(x_train, y_train, x_test, y_test, Path(path).stem, classes[0])
-    num_classes = max(classes)
+    num_classes = _check_classes(y_train, y_test, classes[0], path, declared=arrays["y_train"].ndim == 2)
     return Dataset(x_train, _labels(y_train, num_classes, one_hot), x_test,
                    _labels(y_test, num_classes, one_hot), Path(path).stem, num_classes)
 

@@ -62,3 +62,19 @@ def use_cpu_cores(n: int | None = None) -> int:
                            f"jax.devices()); call it right after the imports, or set JAX_NUM_CPU_DEVICES={n} "
                            f"before Python starts") from err
     return n
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable on Linux), or None when unknown;
+    what the readers and the command check a declared size against before allocating (private)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -123,6 +123,7 @@ CASES = [
     Case(F, "predict: --output onto its own input file", "predict run inputs/good.npy --output inputs/good.npy --force"),
     Case(F, "evaluate: --json onto the run's own metrics.json", "evaluate run --json run/metrics.json --force"),
     Case(F, "more steps than the 32-bit step counter holds", "train --epochs 1000000000 --schedule cosine --out x"),
+    Case(F, "a model too large for this machine's memory (M: what it has free)", "train --hidden 1000000,1000000 --out x"),
     Case(D, "corrupt gzip", "train --dataset mnist --dataset-dir idx/gzip-corrupt"),
     Case(D, "gzip cut short", "train --dataset mnist --dataset-dir idx/gzip-truncated"),
     Case(D, "not an IDX file (bad magic bytes)", "train --dataset mnist --dataset-dir idx/bad-magic"),
@@ -145,6 +146,11 @@ CASES = [
     Case(N, "integer images outside 0..255", "train --dataset npz/big-ints.npz"),
     Case(N, "no training samples", "train --dataset npz/empty.npz"),
     Case(N, "pickled (object) arrays: refused, never unpickled", "train --dataset npz/pickle.npz"),
+    Case(N, "one bit of an .npy header flipped (240 rows read as 140)", "train --dataset npz/header-bit.npz"),
+    Case(N, "an 11 KB file whose header declares 233 TiB", "train --dataset npz/terabytes.npz"),
+    Case(N, "a single class", "train --dataset npz/one-class.npz"),
+    Case(N, "a test label that training never has", "train --dataset npz/unseen-test-label.npz"),
+    Case(N, "a label of 10**9", "train --dataset npz/huge-label.npz"),
     Case(M, "--model without :FUNCTION", "train --model models/good.py"),
     Case(M, "--model file does not exist", "train --model nowhere.py:make"),
     Case(M, "--model function not in the file", "train --model models/good.py:make_cnn"),
@@ -269,11 +275,33 @@ def _npz_files(root: Path) -> None:
         "big-ints": {"x_train": np.full((4, 3), 300)}, "empty": {"x_train": x[:0], "y_train": y[:0]},
         "pickle": {"x_train": np.array([{"a": 1}] * 4, dtype=object)},
         "nan-targets": {"y_train": np.array([0.5, np.nan, 1.0, 2.0], np.float32)},
+        "one-class": {"y_train": np.zeros(4, int), "y_test": np.zeros(2, int)},
+        "unseen-test-label": {"y_test": np.array([0, 40])},
+        "huge-label": {"y_train": np.array([0, 1, 2, 10**9])},
     }
     for name, change in bad.items():
         arrays = {k: v for k, v in {**good, **change}.items() if v is not None}
         np.savez(folder / f"{name}.npz", **arrays)
     (folder / "text.npz").write_text("x_train,y_train\n0,1\n")
+    _damaged_npz(folder, good)
+
+
+def _damaged_npz(folder: Path, good: dict) -> None:
+    """A header's bit flipped (NumPy alone would read shifted pixels), terabytes declared in kilobytes."""
+    x = np.arange(24000, dtype=np.uint32).astype(np.uint8).reshape(240, 100)
+    big = {**good, "x_train": x, "y_train": np.arange(240) % 3, "x_test": x[:2]}
+    np.savez(folder / "header-bit.npz", **big)
+    raw = bytearray((folder / "header-bit.npz").read_bytes())
+    i = raw.index(b"(240, 100)") + 1
+    raw[i] ^= 0b11  # 240 rows -> 140
+    (folder / "header-bit.npz").write_bytes(bytes(raw))
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (64000000000000, 1000), }"
+    with zipfile.ZipFile(folder / "terabytes.npz", "w") as zf:
+        zf.writestr("x_train.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header.ljust(117) + b"\n"
+                    + bytes(11_000))
+        for k in ("y_train", "x_test", "y_test"):
+            with zf.open(f"{k}.npy", "w") as f:
+                np.save(f, good[k])
 
 
 MODEL_FILE = """
@@ -532,6 +560,7 @@ def run_cases(cases=CASES) -> list[Result]:
                 message = message.replace(str(root) + os.sep, "").replace(server.url, "http://127.0.0.1:PORT")
                 message = message.replace(closed, "http://127.0.0.1:PORT/")
                 message = message.replace(f"(pid {os.getpid()})", "(pid PID)")
+                message = re.sub(r"the [0-9.e+]+ GiB of memory available", "the M GiB of memory available", message)
                 results.append(Result(case, status, message, left))
         return results
     finally:
