@@ -84,9 +84,12 @@ def _check_like(tree, params, what: str, lead: tuple = ()) -> None:
 
 def _stacked(grads, params, steps: int | None):
     """A gradient stream as one pytree with a leading step axis, and its number of steps."""
-    leaves = [] if isinstance(grads, Iterator) else jax.tree.leaves(grads)
-    if not isinstance(grads, Iterator) and (jax.tree.structure(grads) == jax.tree.structure(params) and leaves
-            and all(jnp.ndim(g) == jnp.ndim(p) + 1 for g, p in zip(leaves, jax.tree.leaves(params)))):
+    if not isinstance(grads, Iterator) and jax.tree.structure(grads) == jax.tree.structure(params) \
+            and jax.tree.leaves(grads):
+        leaves = jax.tree.leaves(grads)
+        if not all(jnp.ndim(g) == jnp.ndim(p) + 1 for g, p in zip(leaves, jax.tree.leaves(params))):
+            raise ValueError("grads has the structure of params but not a leading step axis on every leaf: pass a "
+                             "list of gradient trees, one tree of stacked gradients, or a function of the step")
         n = jnp.shape(leaves[0])[0]
         _check_like(grads, params, "the stacked gradient stream", (n,))
         if steps is not None and steps > n:

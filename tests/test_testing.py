@@ -154,6 +154,7 @@ def test_empty_pytree():
         ({"grads": [{"w": jnp.ones(3)}]}, ValueError, r"gradient 0 of the stream at leaf \['w'\] has shape \(3,\); "
                                                       r"expected \(2,\)"),
         ({"grads": {"w": jnp.ones(2), "v": 1.0}}, TypeError, "grads must be a sequence or iterable"),
+        ({"grads": {"w": jnp.ones(2)}}, ValueError, "grads has the structure of params but not a leading step axis"),
         ({"grads": [], "steps": None}, ValueError, "the gradient stream is empty"),
         ({"grads": [{"w": jnp.ones(2)}], "rtol": -1.0}, ValueError, "rtol must be >= 0"),
         ({"grads": [{"w": jnp.ones(2)}], "atol": float("nan")}, ValueError, "atol must be >= 0; got nan"),
