@@ -83,7 +83,11 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean over every element of ``(predictions - targets) ** 2``."""
+    """Mean over every element of ``(predictions - targets) ** 2``.
+
+    >>> float(mse(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))  # (0 + 4) / 2
+    2.0
+    """
     if jnp.shape(predictions) != jnp.shape(targets):
         raise ValueError(
             f"predictions and targets must have the same shape; got {jnp.shape(predictions)} "
@@ -93,7 +97,14 @@ def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def sum_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
-    """The textbook's ``mean_squared_error``: ``0.5 * sum((y - t) ** 2)`` (summed, not averaged)."""
+    """The textbook's ``mean_squared_error``: ``0.5 * sum((y - t) ** 2)`` (summed, not averaged).
+
+    The book's own example (section 4.2.1): a softmax output against the one-hot label 2.
+
+    >>> y = jnp.array([0.1, 0.05, 0.6, 0.0, 0.05, 0.1, 0.0, 0.1, 0.0, 0.0])
+    >>> round(float(sum_squared_error(y, jax.nn.one_hot(2, 10))), 4)
+    0.0975
+    """
     if jnp.shape(predictions) != jnp.shape(targets):
         raise ValueError(
             f"predictions and targets must have the same shape; got {jnp.shape(predictions)} "
@@ -106,7 +117,11 @@ def is_weight(leaf) -> bool:
     """The default weight-decay rule: an inexact (real or complex) array with ``ndim >= 2``.
 
     Weight matrices and convolution kernels are weights; biases, batch-norm scales and
-    integer counters are not (for the book's MLP: exactly its ``"w"`` matrices)."""
+    integer counters are not (for the book's MLP: exactly its ``"w"`` matrices).
+
+    >>> is_weight(jnp.zeros((3, 2))), is_weight(jnp.zeros(2)), is_weight(jnp.zeros((3, 2), jnp.int32))
+    (True, False, False)
+    """
     return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and jnp.ndim(leaf) >= 2
 
 
@@ -123,6 +138,10 @@ def l2_penalty(params, weight_decay, mask=None) -> jax.Array:
     Returns:
       A real scalar (``|W| ** 2`` for complex leaves). Its gradient is ``weight_decay * W`` on
       masked leaves, zero elsewhere.
+
+    >>> params = {"w": jnp.array([[1.0, 2.0]]), "b": jnp.array([5.0])}  # the bias is left out
+    >>> float(l2_penalty(params, 0.1))  # 0.5 * 0.1 * (1 + 4)
+    0.25
     """
     if mask is None:
         mask = lambda tree: jax.tree.map(is_weight, tree)
@@ -136,7 +155,12 @@ def l2_penalty(params, weight_decay, mask=None) -> jax.Array:
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Fraction of rows whose arg-max matches the label (integer or one-hot)."""
+    """Fraction of rows whose arg-max matches the label (integer or one-hot).
+
+    >>> logits = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    >>> float(accuracy(logits, jnp.array([1, 0, 0])))  # two of three
+    0.6666666865348816
+    """
     _check_labels(logits, labels)
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         labels = jnp.argmax(labels, axis=-1)
