@@ -3,8 +3,8 @@
 ``inject_hyperparams`` and ``apply_if_finite``.
 
 Private: import these from :mod:`jaxscratch.optim`, whose docstring states the contract they
-keep (optax's call signature with its extra keyword arguments, a ``count`` first in every state,
-``update`` preserving the tree structure and dtypes, type checks always, range checks on
+keep (optax's call signature with its extra keyword arguments, a step ``count`` in a state only
+where its update reads one, ``update`` preserving the tree structure and dtypes, type checks always, range checks on
 concrete values only). The algorithms themselves are in
 ``optim``; this module holds what they and their wrappers share.
 """
@@ -27,18 +27,25 @@ class Optimizer(NamedTuple):
     update: Callable[..., tuple[Any, Any]]
 
 
-class CountState(NamedTuple):
+class EmptyState(NamedTuple):
+    """The state of a transform that keeps nothing between steps (optax's ``EmptyState``)."""
+
+
+class ScheduleState(NamedTuple):
+    """The step count at which a transform that needs no count of its own evaluates its schedules,
+    around its state; only present when one of its hyperparameters is a schedule."""
+
     count: jax.Array
+    inner_state: Any
 
 
 class InjectState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # always (as optax's): the schedules' step, whatever the kwargs
     hyperparams: dict
     inner_state: Any
 
 
-class ApplyIfFiniteState(NamedTuple):
-    count: jax.Array            # updates seen, finite or not
+class ApplyIfFiniteState(NamedTuple):  # optax's fields, and like optax's no count of its own
     notfinite_count: jax.Array  # consecutive non-finite gradients (0 after a finite one)
     last_finite: jax.Array      # whether the last gradient was finite
     total_notfinite: jax.Array  # non-finite gradients skipped or applied, never reset
@@ -155,6 +162,27 @@ def _resolve_mask(mask, params):
     return mask(params) if callable(mask) else mask
 
 
+def _count_if_scheduled(init: Callable, update: Callable, *hyperparams) -> Optimizer:
+    """The optimizer of ``init(params) -> state`` and ``update(grads, state, params, count) ->
+    (updates, state)``, keeping a step count only if one of ``hyperparams`` is a schedule: the
+    state is then ``ScheduleState(count, state)`` and ``update`` gets ``count`` to evaluate the
+    schedules at; otherwise the state is ``init``'s alone and ``count`` is None."""
+    if not any(callable(h) for h in hyperparams):
+        def plain_update(grads, state, params=None, **extra_args):
+            return update(grads, state, params, None)
+
+        return Optimizer(init, plain_update)
+
+    def counted_init(params):
+        return ScheduleState(_zeros_count(), init(params))
+
+    def counted_update(grads, state, params=None, **extra_args):
+        updates, inner = update(grads, state.inner_state, params, state.count)
+        return updates, ScheduleState(_increment(state.count), inner)
+
+    return Optimizer(counted_init, counted_update)
+
+
 def _need_params(params, who: str):
     if params is None:
         raise ValueError(f"{who} needs params: call update(grads, state, params)")
@@ -220,28 +248,27 @@ def add_decayed_weights(weight_decay=0.0, mask=None) -> Optimizer:
     """
     _check("add_decayed_weights", "weight_decay", weight_decay, 0)
 
-    def update(grads, state, params=None, **extra_args):
+    def update(grads, state, params, count):
         _need_params(params, "add_decayed_weights")
-        wd = _at(weight_decay, state.count)
+        wd = _at(weight_decay, count)
         m = _resolve_mask(mask, params)
-        out = jax.tree.map(lambda g, p, keep: g + _as(wd, g) * p if keep else g, grads, params, m)
-        return out, CountState(_increment(state.count))
+        return jax.tree.map(lambda g, p, keep: g + _as(wd, g) * p if keep else g, grads, params, m), state
 
-    return Optimizer(lambda params: CountState(_zeros_count()), update)
+    return _count_if_scheduled(lambda params: EmptyState(), update, weight_decay)
 
 
 def clip_by_global_norm(max_norm) -> Optimizer:
     """Rescale all updates together so their global L2 norm is at most ``max_norm``."""
     _check("clip_by_global_norm", "max_norm", max_norm, 0, lo_open=True)
 
-    def update(grads, state, params=None, **extra_args):
+    def update(grads, state, params, count):
         leaves = jax.tree.leaves(grads)
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves)) if leaves else 0.0
-        limit = _at(max_norm, state.count)
+        limit = _at(max_norm, count)
         scale = jnp.where(norm < limit, 1.0, limit / jnp.where(norm == 0, 1.0, norm))
-        return jax.tree.map(lambda g: g * _as(scale, g), grads), CountState(_increment(state.count))
+        return jax.tree.map(lambda g: g * _as(scale, g), grads), state
 
-    return Optimizer(lambda params: CountState(_zeros_count()), update)
+    return _count_if_scheduled(lambda params: EmptyState(), update, max_norm)
 
 
 _MASKS = ("mask", "weight_decay_mask")  # callables that are not schedules: they stay static
@@ -330,7 +357,7 @@ def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 5) -> Optimi
 
     def init(params):
         zero = _zeros_count()
-        return ApplyIfFiniteState(zero, zero, jax.device_put(np.bool_(True)), zero, inner.init(params))
+        return ApplyIfFiniteState(zero, jax.device_put(np.bool_(True)), zero, inner.init(params))
 
     def update(grads, state, params=None, **extra_args):
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [jnp.bool_(True)]))
@@ -340,6 +367,6 @@ def apply_if_finite(inner: Optimizer, max_consecutive_errors: int = 5) -> Optimi
         updates = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), updates)
         new_inner = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_inner, state.inner_state)
         total = jnp.where(finite, state.total_notfinite, _increment(state.total_notfinite))
-        return updates, ApplyIfFiniteState(_increment(state.count), run, finite, total, new_inner)
+        return updates, ApplyIfFiniteState(run, finite, total, new_inner)
 
     return Optimizer(init, update)

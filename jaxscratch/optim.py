@@ -7,8 +7,17 @@ Contract:
     updates)`` adds the updates, keeping each leaf's dtype.
   * ``init`` accepts any pytree, an empty one included. ``update`` returns ``updates`` with
     the tree structure, shapes and dtypes of ``grads``; ``apply_updates(p, zeros) == p``.
-  * Every state is a NamedTuple pytree whose first field is its own step ``count`` (int32,
-    0 before the first update); a learning-rate schedule is evaluated at that count.
+  * A state is a NamedTuple pytree (``chain``'s: the tuple of its transforms' states) and holds
+    a step ``count`` (int32, 0 before the first update) only where its update reads one, as
+    optax's states do: the Adam family's own (``AdamState.count``, for the bias correction);
+    ``ScheduleState(count, inner_state)`` around any other state when a hyperparameter is a
+    schedule, which is evaluated at that count; ``inject_hyperparams``'s, always. Transforms
+    that keep nothing have ``EmptyState()`` (``sgd``, ``clip_by_global_norm``,
+    ``add_decayed_weights`` with constant hyperparameters), and ``apply_if_finite`` adds no count.
+    So ``optax.tree_utils.tree_get(state, "count")`` finds a count where optax's equivalent
+    state has one, with the same value. Two exceptions: optax's Adam with a scheduled learning
+    rate holds two counts (Adam's and the schedule's), ours one; optax's lion keeps a count it
+    never reads, ours none.
   * ``update`` takes extra keyword arguments too (optax's extra-args protocol, e.g. ``value=loss``
     for ``optax.contrib.reduce_on_plateau``): our optimizers ignore them, and ``chain``,
     ``inject_hyperparams`` and ``apply_if_finite`` hand them to each inner update that declares
@@ -48,52 +57,49 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxscratch._transforms import (ApplyIfFiniteState, CountState, InjectState, Optimizer, _as, _at, _check, _check_flag,  # noqa: F401
-                                    _increment, _need_params, _resolve_mask, _zeros_count, _zeros_like,
-                                    add_decayed_weights, apply_if_finite, apply_updates, chain,
-                                    clip_by_global_norm, inject_hyperparams)
+from jaxscratch._transforms import (ApplyIfFiniteState, EmptyState, InjectState, Optimizer, ScheduleState, _as, _at,
+                                    _check, _check_flag, _count_if_scheduled, _increment, _need_params,
+                                    _resolve_mask, _zeros_count, _zeros_like, add_decayed_weights,
+                                    apply_if_finite, apply_updates, chain, clip_by_global_norm,
+                                    inject_hyperparams)
 
 __all__ = [
-    "Optimizer", "ApplyIfFiniteState", "apply_updates", "apply_if_finite", "chain",
+    "Optimizer", "EmptyState", "ScheduleState", "InjectState", "ApplyIfFiniteState", "apply_updates", "apply_if_finite", "chain",
     "add_decayed_weights", "clip_by_global_norm", "inject_hyperparams", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
     "adamw", "nadam", "adamax", "lion", "adadelta", "OPTIMIZERS",
 ]
 
 
 # ---------------------------------------------------------------- states
+# Only the Adam family keeps a count of its own (its bias correction reads it); the others get
+# one from ScheduleState when a hyperparameter is a schedule (see the module docstring).
 class MomentumState(NamedTuple):
-    count: jax.Array
     velocity: Any  # v = momentum * v - lr * g, the textbook's velocity
 
 
 class TraceState(NamedTuple):
-    count: jax.Array
     trace: Any  # t = g + momentum * t, in gradient units (lr applied outside)
 
 
 class AdagradState(NamedTuple):
-    count: jax.Array
     sum_of_squares: Any
 
 
 class RmspropState(NamedTuple):
-    count: jax.Array
     nu: Any
 
 
 class AdamState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # updates so far, t - 1 in the bias corrections 1 - b^t
     mu: Any
     nu: Any
 
 
 class LionState(NamedTuple):
-    count: jax.Array
     mu: Any
 
 
 class AdadeltaState(NamedTuple):
-    count: jax.Array
     e_g: Any
     e_x: Any
 
@@ -111,11 +117,11 @@ def sgd(learning_rate=0.01) -> Optimizer:
     """
     _check("sgd", "learning_rate", learning_rate, 0)
 
-    def update(grads, state, params=None, **extra_args):
-        lr = _at(learning_rate, state.count)
-        return jax.tree.map(lambda g: -_as(lr, g) * g, grads), CountState(_increment(state.count))
+    def update(grads, state, params, count):
+        lr = _at(learning_rate, count)
+        return jax.tree.map(lambda g: -_as(lr, g) * g, grads), state
 
-    return Optimizer(lambda params: CountState(_zeros_count()), update)
+    return _count_if_scheduled(lambda params: EmptyState(), update, learning_rate)
 
 
 def momentum(learning_rate=0.01, momentum=0.9) -> Optimizer:
@@ -130,15 +136,12 @@ def momentum(learning_rate=0.01, momentum=0.9) -> Optimizer:
     _check("momentum", "learning_rate", learning_rate, 0)
     _check("momentum", "momentum", momentum, 0, 1, hi_open=True)
 
-    def init(params):
-        return MomentumState(_zeros_count(), _zeros_like(params))
-
-    def update(grads, state, params=None, **extra_args):
-        lr, mu = _at(learning_rate, state.count), _at(momentum, state.count)
+    def update(grads, state, params, count):
+        lr, mu = _at(learning_rate, count), _at(momentum, count)
         v = jax.tree.map(lambda g, v: _as(mu, g) * v - _as(lr, g) * g, grads, state.velocity)
-        return v, MomentumState(_increment(state.count), v)
+        return v, MomentumState(v)
 
-    return Optimizer(init, update)
+    return _count_if_scheduled(lambda params: MomentumState(_zeros_like(params)), update, learning_rate, momentum)
 
 
 def nesterov(learning_rate=0.01, momentum=0.9) -> Optimizer:
@@ -153,16 +156,13 @@ def nesterov(learning_rate=0.01, momentum=0.9) -> Optimizer:
     _check("nesterov", "learning_rate", learning_rate, 0)
     _check("nesterov", "momentum", momentum, 0, 1, hi_open=True)
 
-    def init(params):
-        return TraceState(_zeros_count(), _zeros_like(params))
-
-    def update(grads, state, params=None, **extra_args):
-        lr, mu = _at(learning_rate, state.count), _at(momentum, state.count)
+    def update(grads, state, params, count):
+        lr, mu = _at(learning_rate, count), _at(momentum, count)
         t = jax.tree.map(lambda g, t: g + _as(mu, g) * t, grads, state.trace)
         u = jax.tree.map(lambda g, t: -_as(lr, g) * (g + _as(mu, g) * t), grads, t)
-        return u, TraceState(_increment(state.count), t)
+        return u, TraceState(t)
 
-    return Optimizer(init, update)
+    return _count_if_scheduled(lambda params: TraceState(_zeros_like(params)), update, learning_rate, momentum)
 
 
 def adagrad(learning_rate=0.01, initial_accumulator_value=0.0, eps=1e-7, *, eps_in_sqrt=False) -> Optimizer:
@@ -177,10 +177,10 @@ def adagrad(learning_rate=0.01, initial_accumulator_value=0.0, eps=1e-7, *, eps_
     _check_flag("adagrad", "eps_in_sqrt", eps_in_sqrt)
 
     def init(params):
-        return AdagradState(_zeros_count(), _zeros_like(params, initial_accumulator_value))
+        return AdagradState(_zeros_like(params, initial_accumulator_value))
 
-    def update(grads, state, params=None, **extra_args):
-        lr = _at(learning_rate, state.count)
+    def update(grads, state, params, count):
+        lr = _at(learning_rate, count)
         h = jax.tree.map(lambda g, h: h + g * g, grads, state.sum_of_squares)
 
         def step(g, h):
@@ -188,9 +188,9 @@ def adagrad(learning_rate=0.01, initial_accumulator_value=0.0, eps=1e-7, *, eps_
             scaled = (jnp.where(h > 0, jax.lax.rsqrt(h + e), 0) * g) if eps_in_sqrt else g / (jnp.sqrt(h) + e)
             return -_as(lr, g) * scaled
 
-        return jax.tree.map(step, grads, h), AdagradState(_increment(state.count), h)
+        return jax.tree.map(step, grads, h), AdagradState(h)
 
-    return Optimizer(init, update)
+    return _count_if_scheduled(init, update, learning_rate)
 
 
 def rmsprop(learning_rate=0.01, decay=0.99, eps=1e-7, *, initial_scale=0.0, eps_in_sqrt=False) -> Optimizer:
@@ -207,10 +207,10 @@ def rmsprop(learning_rate=0.01, decay=0.99, eps=1e-7, *, initial_scale=0.0, eps_
     _check_flag("rmsprop", "eps_in_sqrt", eps_in_sqrt)
 
     def init(params):
-        return RmspropState(_zeros_count(), _zeros_like(params, initial_scale))
+        return RmspropState(_zeros_like(params, initial_scale))
 
-    def update(grads, state, params=None, **extra_args):
-        lr, d = _at(learning_rate, state.count), _at(decay, state.count)
+    def update(grads, state, params, count):
+        lr, d = _at(learning_rate, count), _at(decay, count)
         nu = jax.tree.map(lambda g, n: (1 - _as(d, g)) * g * g + _as(d, g) * n, grads, state.nu)
 
         def step(g, n):
@@ -218,9 +218,9 @@ def rmsprop(learning_rate=0.01, decay=0.99, eps=1e-7, *, initial_scale=0.0, eps_
             scaled = g * jax.lax.rsqrt(n + e) if eps_in_sqrt else g / (jnp.sqrt(n) + e)
             return -_as(lr, g) * scaled
 
-        return jax.tree.map(step, grads, nu), RmspropState(_increment(state.count), nu)
+        return jax.tree.map(step, grads, nu), RmspropState(nu)
 
-    return Optimizer(init, update)
+    return _count_if_scheduled(init, update, learning_rate, decay)
 
 
 def _adam_family(name, learning_rate, b1, b2, eps, eps_root, fold_bias_correction, nesterov_momentum,
@@ -340,17 +340,18 @@ def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=1e-3, *, mask=None) -
     _check("lion", "b2", b2, 0, 1)
     _check("lion", "weight_decay", weight_decay, 0)
 
-    def update(grads, state, params=None, **extra_args):
-        lr, wd = _at(learning_rate, state.count), _at(weight_decay, state.count)
-        c1, c2 = _at(b1, state.count), _at(b2, state.count)
+    def update(grads, state, params, count):
+        lr, wd = _at(learning_rate, count), _at(weight_decay, count)
+        c1, c2 = _at(b1, count), _at(b2, count)
         u = jax.tree.map(lambda g, m: jnp.sign((1 - _as(c1, g)) * g + _as(c1, g) * m), grads, state.mu)
         mu = jax.tree.map(lambda g, m: (1 - _as(c2, g)) * g + _as(c2, g) * m, grads, state.mu)
         _need_params(params, "lion")
         keep = _resolve_mask(mask, params)
         u = jax.tree.map(lambda u, p, k: -_as(lr, u) * (u + _as(wd, u) * p if k else u), u, params, keep)
-        return u, LionState(_increment(state.count), mu)
+        return u, LionState(mu)
 
-    return Optimizer(lambda params: LionState(_zeros_count(), _zeros_like(params)), update)
+    return _count_if_scheduled(lambda params: LionState(_zeros_like(params)), update, learning_rate, b1, b2,
+                               weight_decay)
 
 
 def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, mask=None) -> Optimizer:
@@ -367,10 +368,10 @@ def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, mask=Non
     _check("adadelta", "weight_decay", weight_decay, 0)
 
     def init(params):
-        return AdadeltaState(_zeros_count(), _zeros_like(params), _zeros_like(params))
+        return AdadeltaState(_zeros_like(params), _zeros_like(params))
 
-    def update(grads, state, params=None, **extra_args):
-        lr, r, wd = (_at(v, state.count) for v in (learning_rate, rho, weight_decay))
+    def update(grads, state, params, count):
+        lr, r, wd = (_at(v, count) for v in (learning_rate, rho, weight_decay))
         if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
             _need_params(params, "adadelta with weight_decay")
             keep = _resolve_mask(mask, params)
@@ -380,9 +381,9 @@ def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, mask=Non
             lambda g, eg, ex: jnp.sqrt(ex + _as(eps, g)) / jnp.sqrt(eg + _as(eps, g)) * g, grads, e_g, state.e_x)
         e_x = jax.tree.map(lambda d, e: (1 - _as(r, d)) * d * d + _as(r, d) * e, delta, state.e_x)
         u = jax.tree.map(lambda d: -_as(lr, d) * d, delta)
-        return u, AdadeltaState(_increment(state.count), e_g, e_x)
+        return u, AdadeltaState(e_g, e_x)
 
-    return Optimizer(init, update)
+    return _count_if_scheduled(init, update, learning_rate, rho, weight_decay)
 
 
 #: Every optimizer by name, for command lines and sweeps.

@@ -90,6 +90,19 @@ def test_matches_float64_textbook_formula(case, key, x64):
                 assert rel_err(ours_leaves[i][t // 100], p) <= 1e-10, (i, t + 1)
 
 
+def counts(state) -> list:
+    """Every step count in ``state``, each checked to be an int32 scalar."""
+    found = [c for _, c in optax.tree_utils.tree_get_all_with_path(state, "count")]
+    assert all(c.dtype == jnp.int32 and c.shape == () for c in found)
+    return found
+
+
+def case_counts(case) -> int:
+    """How many counts a case's state holds: one for the Adam family (its bias correction) or a
+    schedule, none otherwise."""
+    return int(case.name.startswith(("adam", "nadam")) or "schedule" in case.name)
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_structure_and_dtype_kept(case, key):
     for dtype in (jnp.float32, jnp.bfloat16):
@@ -97,7 +110,7 @@ def test_structure_and_dtype_kept(case, key):
         grads = random_tree(jax.random.fold_in(key, 3), dtype)
         opt = case.ours()
         state = opt.init(params)
-        assert state.count.dtype == jnp.int32 and int(state.count) == 0
+        assert [int(c) for c in counts(state)] == [0] * case_counts(case)
         updates, new_state = opt.update(grads, state, params)
         assert jax.tree.structure(updates) == jax.tree.structure(grads)
         assert jax.tree.structure(new_state) == jax.tree.structure(state)
@@ -105,7 +118,7 @@ def test_structure_and_dtype_kept(case, key):
             assert u.shape == g.shape and u.dtype == g.dtype
         for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
             assert a.shape == b.shape and a.dtype == b.dtype
-        assert int(new_state.count) == 1
+        assert [int(c) for c in counts(new_state)] == [1] * case_counts(case)
         new_params = optim.apply_updates(params, updates)
         assert all(p.dtype == dtype for p in jax.tree.leaves(new_params))
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -118,7 +131,7 @@ def test_empty_pytree(case):
     for empty in ({}, [], ()):
         state = opt.init(empty)
         updates, state = opt.update(empty, state, empty)
-        assert updates == empty and int(state.count) == 1
+        assert updates == empty and [int(c) for c in counts(state)] == [1] * case_counts(case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -206,6 +219,21 @@ def test_converges_on_quadratic_and_rosenbrock(name):
     assert float(quadratic(path[-1])) < 1e-3, path[-1]
     path = landscapes.trajectory(FACTORIES[name](**rosen_kw), landscapes.rosenbrock, jnp.array([-1.2, 1.0]), 20000)
     assert float(jnp.linalg.norm(path[-1] - jnp.array([1.0, 1.0]))) < 0.05, path[-1]
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_a_schedule_brings_one_count_and_is_evaluated_at_it(name):
+    params, grads = {"w": jnp.linspace(-1.0, 1.0, 4)}, {"w": jnp.ones(4)}
+    lr = lambda count: jnp.where(count < 2, 0.1, 0.01)  # noqa: E731
+    opt = FACTORIES[name](learning_rate=lr)
+    state, ref_state = opt.init(params), FACTORIES[name](learning_rate=0.1).init(params)
+    assert [int(c) for c in counts(state)] == [0]
+    assert len(counts(ref_state)) == int(name in ("adam", "adamw", "nadam", "adamax"))
+    for t in range(3):  # the reference: constant learning rates, 0.1 twice then 0.01
+        updates, state = opt.update(grads, state, params)
+        ref_updates, ref_state = FACTORIES[name](learning_rate=0.1 if t < 2 else 0.01).update(grads, ref_state, params)
+        np.testing.assert_allclose(updates["w"], ref_updates["w"], rtol=1e-6)
+    assert [int(c) for c in counts(state)] == [3]
 
 
 # ----------------------------------------------------------- interoperability with optax

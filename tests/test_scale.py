@@ -170,7 +170,7 @@ def test_apply_if_finite_matches_optax_and_skips_bad_steps():
             assert int(getattr(so, field)) == int(getattr(sr, field)), (t, field)
         for a, b in zip(jax.tree.leaves(po), jax.tree.leaves(pr)):
             np.testing.assert_allclose(a, b, rtol=1e-6, equal_nan=True)
-    assert int(so.total_notfinite) == sum(pattern) and int(so.count) == len(pattern)
+    assert int(so.total_notfinite) == sum(pattern)
     assert not np.isfinite(np.asarray(po["w"])).all()  # the third bad step in a row went through
     with pytest.raises(ValueError, match="max_consecutive_errors must be an int >= 0"):
         optim.apply_if_finite(optim.sgd(), -1)
