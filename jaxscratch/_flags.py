@@ -279,7 +279,8 @@ def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
     if cfg["optimizer"] in DECOUPLED_DECAY:
         kwargs["weight_decay"] = cfg["weight_decay"]
         if cfg["optimizer"] != "adadelta" or cfg["weight_decay"]:
-            kwargs["mask"] = _weights  # decay weights only, never biases, gamma or beta
+            mask = "weight_decay_mask" if cfg["optimizer"] == "adadelta" else "mask"
+            kwargs[mask] = _weights  # decay weights only, never biases, gamma or beta
     try:
         optimizer = factory(learning_rate=lr, **kwargs)
     except (TypeError, ValueError) as err:  # "adam: b1 must be in [0, 1); got 1.5": name the flag instead

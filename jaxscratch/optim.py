@@ -77,8 +77,12 @@ class MomentumState(NamedTuple):
     velocity: Any  # v = momentum * v - lr * g, the textbook's velocity
 
 
-class TraceState(NamedTuple):
+class SgdState(NamedTuple):  # sgd with momentum: optax's TraceState
     trace: Any  # t = g + momentum * t, in gradient units (lr applied outside)
+
+
+class NesterovState(NamedTuple):  # nesterov's: the same trace, kept under the book's name
+    trace: Any
 
 
 class AdagradState(NamedTuple):
@@ -105,10 +109,17 @@ class AdadeltaState(NamedTuple):
 
 
 # ---------------------------------------------------------------- optimizers
-def sgd(learning_rate=0.01) -> Optimizer:
-    r"""Stochastic gradient descent: :math:`W \leftarrow W - \eta g`.
+def sgd(learning_rate=0.01, momentum=None, nesterov=False) -> Optimizer:
+    r"""Stochastic gradient descent, as ``optax.sgd(learning_rate, momentum, nesterov)``.
 
-    optax: ``optax.sgd(learning_rate)``.
+    Without ``momentum``, :math:`W \leftarrow W - \eta g`; with it (:math:`\mu`), a trace in
+    gradient units and the learning rate outside it:
+
+    .. math:: t \leftarrow g + \mu t, \qquad W \leftarrow W - \eta_t\, t
+              \quad (\text{nesterov: } W \leftarrow W - \eta_t (g + \mu t))
+
+    The book's momentum, with :math:`\eta` inside the velocity, is :func:`momentum` (equal for a
+    constant :math:`\eta`); ``sgd(lr, momentum=mu, nesterov=True)`` equals :func:`nesterov`.
 
     >>> opt = sgd(0.1); p = {"w": jnp.ones(2)}
     >>> u, s = opt.update({"w": jnp.ones(2)}, opt.init(p))
@@ -116,12 +127,31 @@ def sgd(learning_rate=0.01) -> Optimizer:
     [0.8999999761581421, 0.8999999761581421]
     """
     _check("sgd", "learning_rate", learning_rate, 0)
+    _check_flag("sgd", "nesterov", nesterov)
+    if momentum is not None:
+        _check("sgd", "momentum", momentum, 0, 1, hi_open=True)
+        return _trace_momentum(learning_rate, momentum, nesterov, SgdState)
+    if nesterov:  # optax ignores nesterov=True without momentum; that is plain SGD, surely not meant
+        raise ValueError("sgd: nesterov=True needs a momentum; got momentum=None")
 
     def update(grads, state, params, count):
         lr = _at(learning_rate, count)
         return jax.tree.map(lambda g: -_as(lr, g) * g, grads), state
 
     return _count_if_scheduled(lambda params: EmptyState(), update, learning_rate)
+
+
+def _trace_momentum(learning_rate, momentum, nesterov: bool, state_type) -> Optimizer:
+    """``t <- g + momentum * t``; updates ``-lr * t``, or ``-lr * (g + momentum * t)`` with
+    ``nesterov``; the state is ``state_type(trace=t)``."""
+
+    def update(grads, state, params, count):
+        lr, mu = _at(learning_rate, count), _at(momentum, count)
+        t = jax.tree.map(lambda g, t: g + _as(mu, g) * t, grads, state.trace)
+        direction = jax.tree.map(lambda g, t: g + _as(mu, g) * t, grads, t) if nesterov else t
+        return jax.tree.map(lambda d: -_as(lr, d) * d, direction), state_type(t)
+
+    return _count_if_scheduled(lambda params: state_type(_zeros_like(params)), update, learning_rate, momentum)
 
 
 def momentum(learning_rate=0.01, momentum=0.9) -> Optimizer:
@@ -150,19 +180,12 @@ def nesterov(learning_rate=0.01, momentum=0.9) -> Optimizer:
     .. math:: t \leftarrow g + \mu t, \qquad W \leftarrow W - \eta_t (g + \mu t)
 
     With a constant :math:`\eta` and :math:`v = -\eta t` this is the book's
-    ``W += m*m*v - (1+m)*lr*g; v = m*v - lr*g``. optax:
+    ``W += m*m*v - (1+m)*lr*g; v = m*v - lr*g``. It is ``sgd(lr, momentum, nesterov=True)``, and
     ``optax.sgd(lr, momentum=momentum, nesterov=True)``.
     """
     _check("nesterov", "learning_rate", learning_rate, 0)
     _check("nesterov", "momentum", momentum, 0, 1, hi_open=True)
-
-    def update(grads, state, params, count):
-        lr, mu = _at(learning_rate, count), _at(momentum, count)
-        t = jax.tree.map(lambda g, t: g + _as(mu, g) * t, grads, state.trace)
-        u = jax.tree.map(lambda g, t: -_as(lr, g) * (g + _as(mu, g) * t), grads, t)
-        return u, TraceState(t)
-
-    return _count_if_scheduled(lambda params: TraceState(_zeros_like(params)), update, learning_rate, momentum)
+    return _trace_momentum(learning_rate, momentum, True, NesterovState)
 
 
 def adagrad(learning_rate=0.01, initial_accumulator_value=0.0, eps=1e-7, *, eps_in_sqrt=False) -> Optimizer:
@@ -284,13 +307,15 @@ def adam(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, *, eps_root=0.0,
     return _adam_family("adam", learning_rate, b1, b2, eps, eps_root, fold_bias_correction, False, None, None)
 
 
-def adamw(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, weight_decay=1e-4, *, eps_root=0.0,
-          mask=None, fold_bias_correction=False) -> Optimizer:
+def adamw(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-7, *, eps_root=0.0, weight_decay=1e-4, mask=None,
+          fold_bias_correction=False) -> Optimizer:
     r"""AdamW: Adam with decoupled weight decay, :math:`W \leftarrow W - \eta(\text{adam} + \lambda W)`.
 
     Not the book's weight decay (that is an L2 loss term, coupled through the gradient).
     ``mask`` (None: every leaf) picks the decayed leaves. optax: ``optax.adamw(lr, b1, b2,
-    eps, eps_root=eps_root, weight_decay=weight_decay, mask=mask)``.
+    eps, eps_root=eps_root, weight_decay=weight_decay, mask=mask)``. After ``eps`` every argument
+    is keyword-only: optax's fifth positional argument is ``eps_root``, so a positional
+    ``weight_decay`` would be read as the wrong one.
     """
     _check("adamw", "weight_decay", weight_decay, 0)  # None is no number here: adam is adamw without decay
     return _adam_family("adamw", learning_rate, b1, b2, eps, eps_root, fold_bias_correction, False, weight_decay, mask)
@@ -329,11 +354,12 @@ def adamax(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-7) -> Optimizer:
     return Optimizer(init, update)
 
 
-def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=1e-3, *, mask=None) -> Optimizer:
+def lion(learning_rate=1e-4, b1=0.9, b2=0.99, *, weight_decay=1e-3, mask=None) -> Optimizer:
     r"""Lion (Chen et al. 2023): :math:`W \leftarrow W - \eta(\mathrm{sign}(\beta_1 m + (1-\beta_1) g) + \lambda W)`,
     then :math:`m \leftarrow \beta_2 m + (1-\beta_2) g`.
 
-    optax: ``optax.lion(lr, b1, b2, weight_decay, mask=mask)``.
+    optax: ``optax.lion(lr, b1, b2, weight_decay=weight_decay, mask=mask)`` (keyword-only here
+    after ``b2``: optax's fourth positional argument is ``mu_dtype``).
     """
     _check("lion", "learning_rate", learning_rate, 0)
     _check("lion", "b1", b1, 0, 1)
@@ -354,13 +380,14 @@ def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=1e-3, *, mask=None) -
                                weight_decay)
 
 
-def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, mask=None) -> Optimizer:
+def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, weight_decay_mask=None) -> Optimizer:
     r"""Adadelta (Zeiler 2012): :math:`E_g \leftarrow \rho E_g + (1-\rho) g^2`,
     :math:`\Delta = \sqrt{E_x + \epsilon} / \sqrt{E_g + \epsilon}\, g`,
     :math:`E_x \leftarrow \rho E_x + (1-\rho) \Delta^2`, :math:`W \leftarrow W - \eta \Delta`.
 
-    ``weight_decay`` adds :math:`\lambda W` to the gradient first. optax:
-    ``optax.adadelta(lr, rho, eps, weight_decay, weight_decay_mask=mask)``.
+    ``weight_decay`` adds :math:`\lambda W` to the gradient first, on the leaves
+    ``weight_decay_mask`` picks (None: every leaf). optax: ``optax.adadelta(lr, rho, eps,
+    weight_decay, weight_decay_mask)``.
     """
     _check("adadelta", "learning_rate", learning_rate, 0)
     _check("adadelta", "rho", rho, 0, 1)
@@ -374,7 +401,7 @@ def adadelta(learning_rate=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, mask=Non
         lr, r, wd = (_at(v, count) for v in (learning_rate, rho, weight_decay))
         if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
             _need_params(params, "adadelta with weight_decay")
-            keep = _resolve_mask(mask, params)
+            keep = _resolve_mask(weight_decay_mask, params)
             grads = jax.tree.map(lambda g, p, k: g + _as(wd, g) * p if k else g, grads, params, keep)
         e_g = jax.tree.map(lambda g, e: (1 - _as(r, g)) * g * g + _as(r, g) * e, grads, state.e_g)
         delta = jax.tree.map(

@@ -167,7 +167,7 @@ def _check_spec(spec: Spec, hparams: dict) -> None:
     if spec.model is None and len(spec.sizes) < 2:
         raise ValueError(f"Spec needs the MLP's sizes (input, hidden..., output) or a model=; got sizes {spec.sizes!r}")
     losses.task(spec.loss)  # a bad loss fails here
-    accepted = set(inspect.signature(optim.OPTIMIZERS[spec.optimizer]).parameters) - {"weight_decay", "mask"}
+    accepted = set(inspect.signature(optim.OPTIMIZERS[spec.optimizer]).parameters) - {"weight_decay", "mask", "weight_decay_mask"}
     valid = accepted | {"weight_decay"} | _model_hparams(spec)
     for name in hparams:
         if name not in valid:

@@ -96,7 +96,7 @@ def test_resume_errors(tmp_path, default_run, capsys):
     (["train", "--optimizer", "adamm"], "argument --optimizer: expected one of adadelta, adagrad, adam,"),
     (["train", "--activation", "gelu"], "expected one of relu, sigmoid, tanh; got 'gelu'"),
     (["train", "--dataset", "cifar"], "expected digits, mnist, fashion-mnist or a path ending in .npz; got 'cifar'"),
-    (["train", "--momentum", "0.5"], "--momentum does not apply to adam; it applies to momentum, nesterov"),
+    (["train", "--momentum", "0.5"], "--momentum does not apply to adam; it applies to sgd, momentum, nesterov"),
     (["train", "--hidden", "100,x"], "argument --hidden: expected comma-separated positive ints"),
     (["train", "--dropout", "1.5"], "argument --dropout: expected a number in [0, 1); got '1.5'"),
     (["train", "--learning-rate", "-1"], "argument --learning-rate: expected a number >= 0; got '-1'"),

@@ -195,3 +195,94 @@ def test_the_documented_count_differences_from_optax(key):
     count_paths = lambda opt: optax.tree_utils.tree_get_all_with_path(opt.init(params), "count")  # noqa: E731
     assert len(count_paths(optim.adam(_sched()))) == 1 and len(count_paths(optax.adam(_sched()))) == 2
     assert len(count_paths(optim.lion(1e-4))) == 0 and len(count_paths(optax.lion(1e-4))) == 1
+
+
+# ----------------------------------------------------------- optax's signatures
+def _random_tree(key, lead=()):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"w": jax.random.normal(k1, lead + (3, 4)), "b": jax.random.normal(k2, lead + (4,)),
+            "s": jax.random.normal(k3, lead)}
+
+
+def _path(opt, params, grads_seq, every=100):
+    """Params every ``every`` steps of ``opt`` over ``grads_seq`` (gradients independent of the
+    params, so differences between implementations grow only linearly), in one scan."""
+
+    @jax.jit
+    def go(params, grads_seq):
+        def body(carry, g):
+            p, s = carry
+            u, s = opt.update(g, s, p)
+            p = optax.apply_updates(p, u)
+            return (p, s), p
+
+        return jax.tree.map(lambda x: x[every - 1::every], jax.lax.scan(body, (params, opt.init(params)), grads_seq)[1])
+
+    return go(params, grads_seq)
+
+
+@pytest.mark.parametrize("args", [(0.01, 0.9, False), (0.01, 0.9, True), (0.05, 0.5, True), (0.3, None, False),
+                                  ("schedule", 0.8, False), ("schedule", 0.7, True)], ids=str)
+def test_sgd_equals_optax_sgd_with_the_same_arguments_over_1000_steps(args, key):
+    lr, mu, nesterov = args
+    lr = optax.exponential_decay(0.05, 100, 0.5) if lr == "schedule" else lr
+    params = _random_tree(key)
+    grads = _random_tree(jax.random.fold_in(key, 1), lead=(1000,))
+    ours = _path(optim.sgd(lr, mu, nesterov), params, grads)  # positionally, as optax takes them
+    ref = _path(optax.sgd(lr, mu, nesterov), params, grads)
+    for a, b, p in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), jax.tree.leaves(params)):
+        for k in range(10):
+            d = np.linalg.norm(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64))
+            assert d <= 1e-5 * np.linalg.norm(np.asarray(b[k], np.float64)), ((k + 1) * 100, d)
+        assert np.linalg.norm(np.asarray(a[-1]) - np.asarray(p)) > 1e-2 * np.linalg.norm(np.asarray(p))  # it moved
+    same = jax.tree.structure(optim.sgd(lr, mu, nesterov).init(params))
+    if mu is not None and nesterov:  # nesterov() is sgd's nesterov form, state aside
+        book = _path(optim.nesterov(lr, mu), params, grads)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(book)):
+            np.testing.assert_array_equal(a, b)
+        assert same != jax.tree.structure(optim.nesterov(lr, mu).init(params))  # NesterovState vs SgdState
+
+
+def test_sgd_refuses_nesterov_without_momentum():
+    with pytest.raises(ValueError, match=r"sgd: nesterov=True needs a momentum; got momentum=None"):
+        optim.sgd(0.1, nesterov=True)
+    with pytest.raises(TypeError, match=r"sgd: nesterov must be True or False; found str 'yes'"):
+        optim.sgd(0.1, 0.9, "yes")
+
+
+def test_arguments_optax_takes_elsewhere_are_keyword_only():
+    """adamw's fifth positional is eps_root in optax, lion's fourth mu_dtype: ours refuse them."""
+    with pytest.raises(TypeError, match="positional"):
+        optim.adamw(1e-3, 0.9, 0.999, 1e-8, 1e-2)
+    with pytest.raises(TypeError, match="positional"):
+        optim.lion(1e-4, 0.9, 0.99, 1e-3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'mask'"):
+        optim.adadelta(1.0, mask=None)  # optax's name is weight_decay_mask
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "rmsprop", "adam", "adamw", "nadam", "adamax", "lion", "adadelta",
+                                  "add_decayed_weights", "clip_by_global_norm", "apply_if_finite"])
+def test_positional_parameters_are_a_prefix_of_optaxs(name):
+    import inspect
+
+    def positional(f):
+        return [p.name for p in inspect.signature(f).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    ours, theirs = positional(getattr(optim, name)), positional(getattr(optax, name))
+    assert ours == theirs[:len(ours)], (ours, theirs)
+    keyword = set(inspect.signature(getattr(optim, name)).parameters) - set(ours)
+    ours_only = {"eps_in_sqrt", "fold_bias_correction"}
+    assert keyword - ours_only <= set(inspect.signature(getattr(optax, name)).parameters), keyword
+
+
+def test_adadelta_weight_decay_mask_equals_optaxs(key):
+    params = _random_tree(key)
+    grads = _random_tree(jax.random.fold_in(key, 1), lead=(200,))
+    mask = {"w": True, "b": False, "s": True}
+    ours = _path(optim.adadelta(0.5, 0.95, 1e-6, 0.05, mask), params, grads)
+    ref = _path(optax.adadelta(0.5, 0.95, 1e-6, 0.05, mask), params, grads)
+    unmasked = _path(optim.adadelta(0.5, 0.95, 1e-6, 0.05), params, grads)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ours["b"], unmasked["b"])  # the mask matters
