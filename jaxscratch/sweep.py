@@ -1,9 +1,12 @@
 """Many trainings as one compiled program: comparisons, vmapped trials, searches, K-fold CV.
 
 Contract:
-  * :func:`compare_optimizers` trains one model per optimizer from the same initial weights on
-    the very same batches (the book's comparison protocol); optimizers have different state
-    shapes, so they run one after another, each as one ``lax.scan``.
+  * :func:`compare_optimizers` trains one model per optimizer on the very same batches (drawn
+    as the book draws them), from the same initial weights (a controlled comparison: only the
+    optimizer differs) or, given a function of the optimizer's name, from each optimizer's own
+    (the book's ``ch06/optimizer_compare_mnist.py``: a freshly initialised network per
+    optimizer, only the batches shared); optimizers have different state shapes, so each is its
+    own ``lax.scan`` program.
   * A :class:`Spec` fixes everything static about a trial: the model, the loss, the optimizer
     name, the batch size, ... The model is the book's MLP (``sizes``, ``activation``, ...), or
     ``model=``: an ``nn.Model``, or a factory ``f(**model_hparams) -> nn.Model`` called inside
@@ -47,7 +50,7 @@ _MLP_HPARAMS = ("drop_rate", "init_scale")
 def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, batch_size: int,
                        activation="relu", model: nn.Model | None = None, model_state=None,
                        loss="cross_entropy", devices=None) -> dict:
-    """Train ``params`` with each optimizer on the same ``iterations`` batches.
+    """Train a model with each optimizer on the same ``iterations`` batches.
 
     Batches are drawn as the book does (``np.random.choice(n, batch_size)`` each step, with
     replacement) from ``key``, once, and shared by every optimizer. Optimizers have different
@@ -58,7 +61,9 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
     Args:
       key: PRNG key for the batch indices.
       optimizers: name -> :class:`optim.Optimizer`.
-      params: the common initial parameters.
+      params: the initial parameters every optimizer starts from; or a function
+        ``params(name) -> parameters`` giving each optimizer its own start (the book's protocol,
+        where every optimizer gets a freshly initialised network), called once per optimizer.
       x, y: training inputs ``(n, ...)`` and targets (integer labels ``(n,)`` by default).
       model, model_state, loss: any ``nn.Model`` and its state (default: the book's MLP that
         ``params`` are for, with ``activation``), and the loss.
@@ -77,18 +82,27 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
             raise TypeError(f"optimizers[{name!r}] must be an (init, update) pair; got {type(opt).__name__}")
     devices = _devices(devices)
     batches = _compiled.once(_draw_batches, key, iterations, batch_size, x.shape[0], static_argnums=(1, 2, 3))
+    starts = {name: params(name) for name in optimizers} if callable(params) else None
+    first = params if starts is None else next(iter(starts.values()), None)
     if model is None:
-        model = nn.mlp_model(_mlp_sizes(params), activation=activation, batchnorm="gamma" in params[0])
-    model_state = nn.init_bn_state(params) if model_state is None and isinstance(params, list) else model_state
+        model = nn.mlp_model(_mlp_sizes(first), activation=activation, batchnorm="gamma" in first[0])
+    if starts is not None:
+        for name, p in starts.items():
+            if jax.tree.structure(p) != jax.tree.structure(first):
+                raise ValueError(f"params({name!r}) must be shaped like params({next(iter(starts))!r}) (one model "
+                                 f"for all); got {jax.tree.structure(p)} vs {jax.tree.structure(first)}")
     task = losses.task(loss)
-    inputs = {}  # device -> the shared inputs there (one transfer each)
+    inputs = {}  # device (shared start) or name (own start) -> the inputs there (one transfer each)
     running = {}
     for i, (name, opt) in enumerate(optimizers.items()):
         device = devices[i % len(devices)]
-        if device not in inputs:
-            inputs[device] = jax.device_put((params, model_state, x, y, batches), device)
+        p = params if starts is None else starts[name]
+        where = device if starts is None else name
+        if where not in inputs:
+            ms = nn.init_bn_state(p) if model_state is None and isinstance(p, list) else model_state
+            inputs[where] = jax.device_put((p, ms, x, y, batches), device)
         # dispatch is asynchronous: the next optimizer compiles while this one runs
-        running[name] = _compiled.program(_build_run_steps, model, opt, task)(*inputs[device])
+        running[name] = _compiled.program(_build_run_steps, model, opt, task)(*inputs[where])
     step_losses = jax.device_get({name: out[1] for name, out in running.items()})  # one transfer, after every dispatch
     return {name: (running[name][0], np.asarray(step_losses[name])) for name in running}
 

@@ -153,3 +153,23 @@ def test_searches_refuse_a_bad_trial_count(n):
                                                     max_epochs=1)):
         with pytest.raises(ValueError, match=r"n_trials must be an int >= 1; got"):
             search()
+
+
+# ------------------------------------------------------------- compare_optimizers' two protocols
+def test_compare_optimizers_shared_and_own_initial_weights(small):
+    (xt, yt), _, _ = small
+    sizes = (64, 16, 10)
+    opts = {"sgd": optim.sgd(0.1), "adam": optim.adam()}
+    index = {name: i for i, name in enumerate(opts)}
+    fresh = lambda name: nn.init_mlp(jax.random.fold_in(jax.random.key(3), index[name]), sizes)  # noqa: E731
+    key = jax.random.key(1)
+    own = sweep.compare_optimizers(key, opts, fresh, xt, yt, iterations=20, batch_size=30)
+    for name, opt in opts.items():  # each optimizer from its own start, on the batches of the shared protocol
+        alone = sweep.compare_optimizers(key, {name: opt}, fresh(name), xt, yt, iterations=20, batch_size=30)[name]
+        np.testing.assert_array_equal(own[name][1], alone[1])
+    assert own["sgd"][1][0] != own["adam"][1][0]  # two different networks: their first losses differ
+    shared = sweep.compare_optimizers(key, opts, fresh("sgd"), xt, yt, iterations=20, batch_size=30)
+    assert shared["sgd"][1][0] == shared["adam"][1][0]  # one network: the first loss is the same
+    with pytest.raises(ValueError, match=r"params\('adam'\) must be shaped like params\('sgd'\)"):
+        sweep.compare_optimizers(key, opts, lambda n: nn.init_mlp(jax.random.key(0), sizes if n == "sgd" else (64, 10)),
+                                 xt, yt, iterations=5, batch_size=30)
