@@ -19,12 +19,18 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# Type aliases for the pytrees optimizers take and return (ours; the library never imports optax's).
+Params = Any    # a pytree of arrays: the parameters
+Updates = Any   # a pytree shaped like Params: gradients, updates, moments
+OptState = Any  # an optimizer's state: a NamedTuple pytree (a tuple of them for chain)
+
+
 class Optimizer(NamedTuple):
     """A pair of pure functions ``init(params) -> state`` and
     ``update(grads, state, params=None) -> (updates, state)``."""
 
-    init: Callable[[Any], Any]
-    update: Callable[..., tuple[Any, Any]]
+    init: Callable[[Params], OptState]
+    update: Callable[..., tuple[Updates, OptState]]
 
 
 class EmptyState(NamedTuple):
@@ -35,21 +41,21 @@ class ScheduleState(NamedTuple):
     """The step count at which a transform that needs no count of its own evaluates its schedules,
     around its state; only present when one of its hyperparameters is a schedule."""
 
-    count: jax.Array
-    inner_state: Any
+    count: jax.Array  # int32, shape ()
+    inner_state: OptState
 
 
 class InjectState(NamedTuple):
-    count: jax.Array  # always (as optax's): the schedules' step, whatever the kwargs
-    hyperparams: dict
-    inner_state: Any
+    count: jax.Array  # int32, shape (); always (as optax's): the schedules' step, whatever the kwargs
+    hyperparams: dict[str, jax.Array]  # each a float32 scalar
+    inner_state: OptState
 
 
 class ApplyIfFiniteState(NamedTuple):  # optax's fields, and like optax's no count of its own
-    notfinite_count: jax.Array  # consecutive non-finite gradients (0 after a finite one)
-    last_finite: jax.Array      # whether the last gradient was finite
-    total_notfinite: jax.Array  # non-finite gradients skipped or applied, never reset
-    inner_state: Any
+    notfinite_count: jax.Array  # int32, shape (): consecutive non-finite gradients (0 after a finite one)
+    last_finite: jax.Array      # bool, shape (): whether the last gradient was finite
+    total_notfinite: jax.Array  # int32, shape (): non-finite gradients skipped or applied, never reset
+    inner_state: OptState
 
 
 # ---------------------------------------------------------------- helpers
@@ -183,6 +189,17 @@ def _count_if_scheduled(init: Callable, update: Callable, *hyperparams) -> Optim
     return Optimizer(counted_init, counted_update)
 
 
+def _decay_weights(who: str, updates: Updates, params: Params, weight_decay, mask, count) -> Updates:
+    """``u + weight_decay * p`` on the leaves ``mask`` picks (None: every leaf); ``updates``
+    unchanged, and no ``params`` needed, when ``weight_decay`` is None or a constant 0."""
+    if weight_decay is None or (_is_number(weight_decay) and not isinstance(weight_decay, jax.core.Tracer)
+                                and float(weight_decay) == 0):
+        return updates
+    _need_params(params, who)
+    wd, keep = _at(weight_decay, count), _resolve_mask(mask, params)
+    return jax.tree.map(lambda u, p, k: u + _as(wd, u) * p if k else u, updates, params, keep)
+
+
 def _need_params(params, who: str):
     if params is None:
         raise ValueError(f"{who} needs params: call update(grads, state, params)")
@@ -250,11 +267,14 @@ def add_decayed_weights(weight_decay=0.0, mask=None) -> Optimizer:
 
     def update(grads, state, params, count):
         _need_params(params, "add_decayed_weights")
-        wd = _at(weight_decay, count)
-        m = _resolve_mask(mask, params)
-        return jax.tree.map(lambda g, p, keep: g + _as(wd, g) * p if keep else g, grads, params, m), state
+        return _decay_weights("add_decayed_weights", grads, params, weight_decay, mask, count), state
 
     return _count_if_scheduled(lambda params: EmptyState(), update, weight_decay)
+
+
+def _sq32(g: jax.Array) -> jax.Array:
+    """:math:`|g|^2` in float32 (complex leaves: squared magnitudes, as optax's global norm)."""
+    return jnp.square(jnp.abs(g).astype(jnp.float32)) if jnp.iscomplexobj(g) else jnp.square(g.astype(jnp.float32))
 
 
 def clip_by_global_norm(max_norm) -> Optimizer:
@@ -263,7 +283,7 @@ def clip_by_global_norm(max_norm) -> Optimizer:
 
     def update(grads, state, params, count):
         leaves = jax.tree.leaves(grads)
-        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves)) if leaves else 0.0
+        norm = jnp.sqrt(sum(jnp.sum(_sq32(g)) for g in leaves)) if leaves else 0.0
         limit = _at(max_norm, count)
         scale = jnp.where(norm < limit, 1.0, limit / jnp.where(norm == 0, 1.0, norm))
         return jax.tree.map(lambda g: g * _as(scale, g), grads), state

@@ -500,3 +500,17 @@ def test_textbook_defaults():
                 u, s = opt.update(jnp.asarray(g), s, q)
                 q = optim.apply_updates(q, u)
             np.testing.assert_allclose(q, p[0], rtol=1e-12, atol=1e-14)
+
+
+def test_state_fields_are_typed():
+    """Every state's fields say what they hold (optax's style: ``count: jax.Array``, ``mu:
+    Updates``), with our own aliases, never ``Any`` and never optax's."""
+    from jaxscratch import _transforms
+    states = [v for m in (optim, _transforms) for v in vars(m).values()
+              if isinstance(v, type) and issubclass(v, tuple) and v.__name__.endswith("State")]
+    assert len(states) >= 12
+    for state in states:
+        for field, annotation in state.__annotations__.items():
+            assert "Any" not in str(annotation) and "optax" not in str(annotation), (state.__name__, field, annotation)
+    adam = {k: str(v) for k, v in optim.AdamState.__annotations__.items()}
+    assert "jax.Array" in adam["count"] and "Updates" in adam["mu"] and "Updates" in adam["nu"], adam

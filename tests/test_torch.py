@@ -21,7 +21,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxscratch import optim
@@ -138,9 +137,9 @@ CASES = [
     TorchCase("SGD-momentum-wd", lambda p: T.SGD(p, lr=0.05, momentum=0.8, weight_decay=0.01),
               lambda: optim.chain(optim.add_decayed_weights(weight_decay=0.01),
                                   optim.momentum(learning_rate=0.05, momentum=0.8))),
-    # torch applies a scheduled lr outside the buffer; our momentum keeps it inside (GAPS below)
+    # torch applies a scheduled lr outside the buffer, as sgd(momentum=) does (the book's momentum keeps it inside)
     TorchCase("SGD-momentum-LambdaLR", lambda p: T.SGD(p, lr=0.05, momentum=0.9),
-              lambda: optim.chain(optax.trace(decay=0.9), optim.sgd(learning_rate=lambda c: 0.05 * HALVE(c))),
+              lambda: optim.sgd(learning_rate=lambda c: 0.05 * HALVE(c), momentum=0.9),
               schedule=HALVE_T),
     TorchCase("SGD-nesterov", lambda p: T.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
               lambda: optim.nesterov(learning_rate=0.05, momentum=0.9)),
@@ -158,9 +157,12 @@ CASES = [
     TorchCase("RMSprop-alpha-wd", lambda p: T.RMSprop(p, lr=0.003, alpha=0.9, eps=1e-6, weight_decay=0.01),
               lambda: optim.chain(optim.add_decayed_weights(weight_decay=0.01),
                                   optim.rmsprop(learning_rate=0.003, decay=0.9, eps=1e-6))),
-    # no keyword of ours: optax.trace after our rmsprop (GAPS: rmsprop would need momentum=)
     TorchCase("RMSprop-momentum", lambda p: T.RMSprop(p, lr=0.003, momentum=0.9),
-              lambda: optim.chain(optim.rmsprop(learning_rate=0.003, decay=0.99, eps=1e-8), optax.trace(decay=0.9))),
+              lambda: optim.rmsprop(learning_rate=0.003, decay=0.99, eps=1e-8, momentum=0.9)),
+    TorchCase("RMSprop-centered", lambda p: T.RMSprop(p, lr=0.01, centered=True),
+              lambda: optim.rmsprop(learning_rate=0.01, decay=0.99, eps=1e-8, centered=True)),
+    TorchCase("RMSprop-centered-momentum", lambda p: T.RMSprop(p, lr=0.003, alpha=0.9, centered=True, momentum=0.5),
+              lambda: optim.rmsprop(learning_rate=0.003, decay=0.9, eps=1e-8, centered=True, momentum=0.5)),
     TorchCase("Adam", lambda p: T.Adam(p, lr=0.01),
               lambda: optim.adam(learning_rate=0.01, b1=0.9, b2=0.999, eps=1e-8)),
     TorchCase("Adam-betas-LambdaLR", lambda p: T.Adam(p, lr=0.05, betas=(0.8, 0.99), eps=1e-6),
@@ -216,15 +218,6 @@ GAPS = [
     Gap("SGD-dampening", lambda p: T.SGD(p, lr=0.05, momentum=0.9, dampening=0.5),
         lambda: optim.momentum(learning_rate=0.05 * 0.5, momentum=0.9),  # the damped lr: all but step 1's g
         peak=0.138, final=3.22e-8, needs="momentum(dampening=d): first buffer g undamped, then mu b + (1 - d) g"),
-    Gap("SGD-momentum-LambdaLR-ours", lambda p: T.SGD(p, lr=0.05, momentum=0.9),
-        lambda: optim.momentum(learning_rate=lambda c: 0.05 * HALVE(c), momentum=0.9), schedule=HALVE_T,
-        peak=0.0476, final=2.02e-3, needs="sgd(momentum=mu) with the lr outside the trace (optax.sgd's form)"),
-    Gap("RMSprop-centered", lambda p: T.RMSprop(p, lr=0.01, centered=True),
-        lambda: optim.rmsprop(learning_rate=0.01, decay=0.99, eps=1e-8),
-        peak=0.0488, final=3.2e-3, needs="rmsprop(centered=True): g / (sqrt(nu - mean(g)^2) + eps)"),
-    Gap("RMSprop-momentum-ours", lambda p: T.RMSprop(p, lr=0.003, momentum=0.9),
-        lambda: optim.rmsprop(learning_rate=0.003, decay=0.99, eps=1e-8),
-        peak=1.09, final=0.471, needs="rmsprop(momentum=mu): b = mu b + g / (sqrt(nu) + eps), W -= lr b"),
     Gap("Adam-amsgrad", lambda p: T.Adam(p, lr=0.01, amsgrad=True),
         lambda: optim.adam(learning_rate=0.01, b1=0.9, b2=0.999, eps=1e-8),
         peak=1.29e-3, final=1.05e-3, needs="adam(amsgrad=True): running max of the raw v, then / (1 - b2^t)"),
