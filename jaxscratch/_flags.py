@@ -88,7 +88,18 @@ def _float(text) -> float:
         value = math.inf
     if not math.isfinite(value):
         raise _bad("a finite number", text)
+    if value != 0 and not _F32_TINY <= abs(value) <= _F32_MAX:  # training computes in float32
+        raise _OutOfFloat32(f"expected a number that float32 holds (0, or {_F32_TINY:.4g} to {_F32_MAX:.4g} in "
+                            f"size): training computes in float32, where it would become "
+                            f"{'0' if abs(value) < 1 else 'inf'}; got {text!r}")
     return value
+
+
+class _OutOfFloat32(argparse.ArgumentTypeError):
+    """A finite number beyond float32: reported as such, whatever range the flag has."""
+
+
+_F32_TINY, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 
 def _bool(text) -> bool:
@@ -114,6 +125,8 @@ def _ranged(parse, lo, hi=None, *, lo_open=False, hi_open=False):
     def check(text):
         try:
             value = parse(text)
+        except _OutOfFloat32:
+            raise
         except argparse.ArgumentTypeError:
             raise _bad(expected, text) from None
         if (value <= lo if lo_open else value < lo) or (hi is not None and (value >= hi if hi_open else value > hi)):
@@ -159,6 +172,8 @@ def _init_scale(text):
         return text
     try:
         return _ranged(_float, 0, lo_open=True)(text)
+    except _OutOfFloat32:
+        raise
     except argparse.ArgumentTypeError:
         raise _bad("he, xavier, or a standard deviation > 0", text) from None
 

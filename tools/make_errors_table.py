@@ -82,6 +82,8 @@ CASES = [
     Case(F, "seed beyond 32 bits", "train --seed 4294967296"),
     Case(F, "number flag given NaN", "train --learning-rate nan"),
     Case(F, "number flag given infinity", "train --weight-decay inf"),
+    Case(F, "number beyond float32 (inf in training)", "train --learning-rate 1e39"),
+    Case(F, "number below float32's smallest normal (0 in training)", "train --weight-decay 1e-50"),
     Case(F, "negative learning rate", "train --learning-rate -0.1"),
     Case(F, "fraction out of range", "train --validation-fraction 1"),
     Case(F, "validation split leaving no training data", "train --validation-fraction 0.9999 --out x"),
