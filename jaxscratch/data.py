@@ -2,12 +2,17 @@
 
 Contract:
   * Every loader returns a :class:`Dataset` ``(x_train, y_train, x_test, y_test, name,
-    num_classes)`` of NumPy arrays. With the defaults (the book's ``load_mnist(normalize=True,
+    num_classes, source)`` of NumPy arrays (``source``: None, or for a user's ``.npz`` the
+    :class:`NpzSource` naming the arrays used and any test rows held out). With the defaults (the book's ``load_mnist(normalize=True,
     flatten=True, one_hot_label=False)``) images are float32 in [0, 1] of shape
     ``(n, features)`` and labels int32 ``(n,)``. ``normalize=False`` keeps the stored
     integers (uint8: 0..255 for MNIST, 0..16 for digits); ``flatten=False`` gives
     ``(n, 1, H, W)``; ``one_hot=True`` gives float32 labels ``(n, num_classes)``.
   * ``load_digits`` reads the 8x8 digits shipped inside the package (works offline).
+  * ``load_npz`` reads a user's ``.npz``: ``x_train, y_train`` with or without ``x_test,
+    y_test``, else ``X, y`` / ``x, y`` / ``images, labels``; a file without a test pair has
+    ``NPZ_TEST_FRACTION`` of each class held out by seed ``NPZ_SPLIT_SEED`` (the same rows on
+    every load). Float64 inputs become float32 here, on the host, once.
   * ``load_mnist`` / ``load_fashion_mnist`` look for the four IDX files, in order, in
     ``path`` (and nowhere else when given), the cache (``cache_dir``, else
     ``$JAXSCRATCH_DATA/<name>``, else ``$XDG_CACHE_HOME`` or ``~/.cache``
