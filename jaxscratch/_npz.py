@@ -106,8 +106,12 @@ def _reading(path):
 
 
 def member_names(path) -> list[str]:
-    """The names of the arrays in the ``.npz`` at ``path`` (members without ``.npy``), sorted."""
+    """The names of the arrays in the ``.npz`` at ``path`` (members without ``.npy``), sorted.
+    Each member is opened (its data not read), so that zipfile checks the name in the central
+    directory against the member's own header: a damaged name cannot pass for another layout."""
     with _reading(path), zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            zf.open(info).close()
         return sorted(_index(zf)[0])
 
 

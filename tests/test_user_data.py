@@ -97,6 +97,20 @@ def test_half_a_test_pair_is_refused(tmp_path):
         data.load_npz(tmp_path / "d.npz")
 
 
+def test_damaged_test_pair_names_cannot_pass_for_a_train_only_file(tmp_path):
+    """A bit flipped in the zip's directory renames x_test and y_test (their own headers keep the
+    names): refused, not loaded as a train-only file with 20% of its rows held out."""
+    x, y = rows()
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    raw = bytearray((tmp_path / "d.npz").read_bytes())
+    directory = raw.index(b"PK\x01\x02")
+    for name in (b"x_test.npy", b"y_test.npy"):
+        raw[raw.index(name, directory) + 2] ^= 0x20  # x_test -> x_Test
+    (tmp_path / "d.npz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"corrupt \.npz archive: BadZipFile: File name in directory 'x_Test.npy'"):
+        data.load_npz(tmp_path / "d.npz")
+
+
 # ---------------------------------------------------------------------------- the split
 def test_train_only_split_is_seeded_disjoint_complete_and_stratified(tmp_path):
     x, y = rows(n=203, classes=3)  # classes of 68, 68, 67 rows: 14, 14, 13 held out
