@@ -95,9 +95,11 @@ def load_data(cfg, source=None):
                          f"--dataset {name} holds class labels (use --loss cross_entropy)")
     flatten = cfg.get("model") is None
     try:
-        ds = data.load_npz(name, flatten=flatten, targets="values" if regression else "labels", **data.npz_split(source)) \
-            if name.endswith(".npz") else data.load_dataset(name, flatten=flatten, **(
-                {"path": directory} if directory else {}))
+        if name.endswith(".npz"):
+            ds = data.load_npz(name, flatten=flatten, targets="values" if regression else "labels",
+                               **data.npz_split(source))
+        else:
+            ds = data.load_dataset(name, flatten=flatten, **({"path": directory} if directory else {}))
     except (data.DataError, OSError) as err:
         raise UsageError(str(err)) from None
     n, fraction = len(ds.x_train), cfg["validation_fraction"]

@@ -3,9 +3,9 @@
 Contract:
   * Every loader returns a :class:`Dataset` ``(x_train, y_train, x_test, y_test, name,
     num_classes, source)`` of NumPy arrays (``source``: None, or for a user's ``.npz`` the
-    :class:`NpzSource` naming the arrays used and any test rows held out). With the defaults (the book's ``load_mnist(normalize=True,
-    flatten=True, one_hot_label=False)``) images are float32 in [0, 1] of shape
-    ``(n, features)`` and labels int32 ``(n,)``. ``normalize=False`` keeps the stored
+    :class:`NpzSource` naming the arrays used and any test rows held out). With the defaults
+    (the book's ``load_mnist(normalize=True, flatten=True, one_hot_label=False)``) images are
+    float32 in [0, 1] of shape ``(n, features)`` and labels int32 ``(n,)``. ``normalize=False`` keeps the stored
     integers (uint8: 0..255 for MNIST, 0..16 for digits); ``flatten=False`` gives
     ``(n, 1, H, W)``; ``one_hot=True`` gives float32 labels ``(n, num_classes)``.
   * ``load_digits`` reads the 8x8 digits shipped inside the package (works offline).
@@ -284,7 +284,7 @@ def describe_npz(source: NpzSource) -> str:
     text = f"{os.path.basename(source.path)}: {used}"
     if source.test_fraction is not None:
         n = source.arrays[0][1][0]
-        share = f"{100 * source.test_fraction:g}% of each class" if source.stratified else f"{100 * source.test_fraction:g}%"
+        share = f"{100 * source.test_fraction:g}%" + (" of each class" if source.stratified else "")
         text += f"; no test set: {source.held_out} of {n} rows held out as test ({share}, seed {source.seed})"
     return text + (f"; not used: {', '.join(source.unused)}" if source.unused else "")
 
@@ -300,12 +300,18 @@ def npz_split(record) -> dict:
     of a stored :func:`npz_record` (none for a file with a test pair, or no record)."""
     if not isinstance(record, dict) or record.get("test_fraction") is None:
         return {}
-    return {"test_fraction": record["test_fraction"], "seed": record["seed"]}
+    fraction, seed = record["test_fraction"], record.get("seed")
+    if not (isinstance(fraction, float) and 0 < fraction < 1 and isinstance(seed, int)
+            and not isinstance(seed, bool) and seed >= 0):
+        raise DataError(f"a stored data_source must hold a test_fraction in (0, 1) and a seed >= 0; found "
+                        f"{fraction!r} and {seed!r}: the run's metadata was edited")
+    return {"test_fraction": fraction, "seed": seed}
 
 
 def _hold_out(y, *, labels: bool, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, test_idx) of a train-only file: stratified for labels (each class gives
-    ``round(test_fraction * class size)`` rows, so every class keeps training rows), else a
+    ``round(test_fraction * class size)`` rows, so with a fraction below 0.5 every class keeps
+    training rows), else a
     seeded permutation of which the first ``round(test_fraction * n)`` rows are held out."""
     if labels:
         return _stratified_split(y, test_fraction, seed)
@@ -328,10 +334,11 @@ def load_npz(path, *, normalize=True, flatten=True, one_hot=False, targets="labe
              test_fraction=NPZ_TEST_FRACTION, seed=NPZ_SPLIT_SEED) -> Dataset:
     """A data set of your own: an ``.npz`` of inputs and targets, with or without a test set.
 
-    Arrays: ``x_train, y_train`` (``x_test, y_test`` give the test set), else the first pair of
-    ``X, y``, ``x, y``, ``images, labels`` (:data:`_npz.TRAIN_PAIRS`); two different pairs are
-    refused. A file without ``x_test, y_test`` has ``test_fraction`` of its rows held out as the
-    test set (stratified by label, by ``np.random.default_rng(seed)``: the same every load).
+    Arrays: the first pair of ``x_train, y_train``, ``X, y``, ``x, y``, ``images, labels`` that
+    the file holds (in that order, ``_npz.TRAIN_PAIRS``) are the inputs and targets, ``x_test,
+    y_test`` the test set; a second pair holding other arrays is refused as ambiguous. A file
+    without ``x_test, y_test`` has ``test_fraction`` of its rows (of each class, for labels) held
+    out as the test set by ``np.random.default_rng(seed)``: the same rows on every load.
     ``Dataset.source`` (an :class:`NpzSource`) names the arrays used and the split.
 
     Inputs (at least 2-D) become float32 on the host, once: integers must hold 0..255 and are

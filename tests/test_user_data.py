@@ -158,6 +158,8 @@ def test_a_stored_record_gives_back_its_split(tmp_path):
     again, _, _ = cli.load_data(cfg, record)
     np.testing.assert_array_equal(again.x_test, ds.x_test)
     assert not np.array_equal(cli.load_data(cfg)[0].x_test, ds.x_test)  # the default split differs
+    with pytest.raises(DataError, match=r"a stored data_source must hold .* found 0\.3 and -2"):
+        data.npz_split(dict(record, seed=-2))
 
 
 # ---------------------------------------------------------------------------- the command
