@@ -10,13 +10,16 @@ Contract:
     (``losses.check_targets``, or ``eval_shape`` of a callable loss, which must give a scalar).
   * :func:`mask_leaves` turns a weight-decay mask (pytree or callable) into a flat, hashable
     tuple of bools; :func:`layout` puts every set into one host array of fixed-size chunks.
+  * Dtypes JAX cannot hold are cast on the host, once, as :func:`layout` fills its array:
+    float64 to float32 and int64 to int32 (unless ``jax_enable_x64``), so JAX never truncates
+    (nor warns that it does) a user's NumPy arrays. Nothing here asks ``jnp.result_type`` of a
+    64-bit dtype: it warns where :func:`device_dtype` is quiet.
 """
 from __future__ import annotations
 
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxscratch import data, losses, nn
@@ -55,6 +58,13 @@ def check_pair(name: str, pair) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def device_dtype(dtype) -> np.dtype:
+    """The dtype an array of ``dtype`` has on the device: float64 -> float32, int64 -> int32 and
+    complex128 -> complex64 unless ``jax_enable_x64``; found without the warning that
+    ``jnp.result_type`` gives for a 64-bit dtype."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
 def output_struct(model, params, model_state, x_row: jax.ShapeDtypeStruct, task, name: str):
     """The model's output shape for a batch like ``x_row``, by ``jax.eval_shape``: a model that
     cannot take the data says so here, before anything compiles."""
@@ -79,7 +89,7 @@ def check_sets(model, task, params, model_state, sets: dict, batch_size: int) ->
         if x.shape[1:] != x0.shape[1:]:
             raise ValueError(f"{name} x rows have shape {x.shape[1:]}; the training rows have {x0.shape[1:]}")
         checked[name] = (x, y)
-    row = jax.ShapeDtypeStruct((batch_size,) + x0.shape[1:], jnp.result_type(x0.dtype))
+    row = jax.ShapeDtypeStruct((batch_size,) + x0.shape[1:], device_dtype(x0.dtype))
     out = output_struct(model, params, model_state, row, task, "train")
     for name, (_, y) in checked.items():
         if task in losses.LOSSES.values():
@@ -90,7 +100,7 @@ def check_sets(model, task, params, model_state, sets: dict, batch_size: int) ->
 
 
 def check_custom_loss(task, name, y, out, batch_size) -> None:
-    yb = jax.ShapeDtypeStruct((batch_size,) + y.shape[1:], jnp.result_type(y.dtype))
+    yb = jax.ShapeDtypeStruct((batch_size,) + y.shape[1:], device_dtype(y.dtype))
     try:
         value = jax.eval_shape(task.loss, out, yb)
     except Exception as err:
@@ -125,7 +135,7 @@ def layout(sets: dict, chunk: int, task) -> tuple[tuple, dict]:
         sets = {name: (xe, data.one_hot(ye, k) if ye.ndim == 1 else ye) for name, (xe, ye) in sets.items()}
     elif len(y_rows) > 1:
         raise ValueError(f"every set's targets must have the same row shape; got {sorted(y_rows)}")
-    canon = lambda a: jnp.dtype(jnp.result_type(a.dtype))  # float64 -> float32 unless x64
+    canon = lambda a: device_dtype(a.dtype)  # float64 -> float32 unless x64: cast below, on the host, once
     x0, y0 = sets["train"]
     where, k = {}, 0
     for name, (xe, _) in sets.items():

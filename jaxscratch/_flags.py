@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(flag, type=TRAIN_TYPES[dest], default=None,
                        help=f"{help_} (default: {default or DEFAULTS.get(dest)})", **kwargs)
 
-    add("--dataset", "digits, mnist, fashion-mnist, or PATH.npz with x_train, y_train, x_test, y_test")
+    add("--dataset", "digits, mnist, fashion-mnist, or PATH.npz with x_train, y_train (and x_test, y_test; "
+                     "without them 20%% of the rows are held out as test), or X, y / x, y / images, labels")
     add("--dataset-dir", "directory holding the dataset's IDX files (mnist, fashion-mnist)")
     add("--hidden", "hidden layer widths, comma-separated")
     add("--activation", f"one of {', '.join(sorted(nn.ACTIVATIONS))}")

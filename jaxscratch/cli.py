@@ -78,11 +78,12 @@ def _run_meta(path, *, resumable=False) -> dict:
     return dict(meta, config=stored_config(meta, path, resumable=resumable))
 
 
-def load_data(cfg):
+def load_data(cfg, source=None):
     """``(Dataset, (x_train, y_train), (x_val, y_val))`` with the configured validation split.
 
     The MLP gets flattened images; a ``--model`` gets them in their stored shape (``(1, 28, 28)``
-    for MNIST, the ``.npz``'s own). ``--loss mse`` reads an ``.npz``'s targets as numbers."""
+    for MNIST, the ``.npz``'s own). ``--loss mse`` reads an ``.npz``'s targets as numbers. A run's
+    stored ``source`` (``data.npz_record``) gives a train-only ``.npz`` the test rows it had."""
     name, directory = cfg["dataset"], cfg.get("dataset_dir")
     if directory and name not in ("mnist", "fashion-mnist"):
         raise UsageError(f"--dataset-dir applies only to --dataset mnist or fashion-mnist; got --dataset {name}")
@@ -94,9 +95,11 @@ def load_data(cfg):
                          f"--dataset {name} holds class labels (use --loss cross_entropy)")
     flatten = cfg.get("model") is None
     try:
-        ds = data.load_npz(name, flatten=flatten, targets="values" if regression else "labels") \
-            if name.endswith(".npz") else data.load_dataset(name, flatten=flatten, **(
-                {"path": directory} if directory else {}))
+        if name.endswith(".npz"):
+            ds = data.load_npz(name, flatten=flatten, targets="values" if regression else "labels",
+                               **data.npz_split(source))
+        else:
+            ds = data.load_dataset(name, flatten=flatten, **({"path": directory} if directory else {}))
     except (data.DataError, OSError) as err:
         raise UsageError(str(err)) from None
     n, fraction = len(ds.x_train), cfg["validation_fraction"]
@@ -124,27 +127,16 @@ def _model(cfg, sizes, input_shape, *, sha256=None, debug=False) -> tuple[nn.Mod
 _RAW_SCALE = {"digits": 16, "mnist": 255, "fashion-mnist": 255}  # what data.py divides their integer images by
 
 
-def _npz_integer_images(path) -> bool:
-    """Whether an .npz's ``x_train`` holds integers (which ``data.load_npz`` divides by 255): read
-    from the member's ``.npy`` header alone."""
-    try:
-        with zipfile.ZipFile(path) as z, z.open("x_train.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            return bool(np.issubdtype(read(f)[2], np.integer))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return False
-
-
 def _provenance(cfg, ds) -> dict:
     """What a run stores of its data, so that later commands can check it and do the same: the
-    SHA-256 of the arrays it trained on (as loaded: after scaling and flattening) and the
-    preprocessing (integer images divided by ``scale``; the training inputs' range after it)."""
-    name = cfg["dataset"]
-    scale = _RAW_SCALE.get(name) or (255 if name.endswith(".npz") and _npz_integer_images(name) else None)
+    SHA-256 of the arrays it trained on (as loaded: after scaling and flattening), the
+    preprocessing (integer images divided by ``scale``; the training inputs' range after it) and,
+    for an ``.npz``, which arrays were used and how its test rows were chosen (``data_source``)."""
+    scale = _RAW_SCALE.get(cfg["dataset"]) or (255 if ds.source is not None and ds.source.integer_inputs else None)
     x = ds.x_train
     return {"data_sha256": _data_digest(ds),
-            "preprocessing": {"integer_inputs_divided_by": scale, "input_range": [float(x.min()), float(x.max())]}}
+            "preprocessing": {"integer_inputs_divided_by": scale, "input_range": [float(x.min()), float(x.max())]},
+            **({"data_source": data.npz_record(ds.source)} if ds.source is not None else {})}
 
 
 def _data_digest(ds) -> str:
@@ -479,7 +471,9 @@ def cmd_train(args) -> int:
             raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         cfg = train_config(args)
     cfg["devices"], mesh = data_parallel(cfg)  # "all" is stored as the number it meant
-    ds, (xt, yt), (xv, yv) = load_data(cfg)
+    ds, (xt, yt), (xv, yv) = load_data(cfg, meta.get("data_source") if args.resume else None)
+    if ds.source is not None and not args.quiet:
+        print(f"data: {data.describe_npz(ds.source)}")  # which arrays, and any test rows held out
     steps_per_epoch = len(xt) // cfg["batch_size"]
     if steps_per_epoch < 1:
         raise UsageError(f"--batch-size {cfg['batch_size']} exceeds the {len(xt)} training examples")
@@ -670,7 +664,8 @@ def cmd_evaluate(args) -> int:
         _check_target(args.json, "--json", run_dir=args.run, force=args.force)
     run = _load_run(args.run, CHECKPOINT if args.last else BEST, debug=args.debug)
     cfg, sizes, state = run.cfg, run.sizes, run.state
-    ds, (xt, yt), (xv, yv) = load_data(dict(cfg, dataset_dir=args.dataset_dir or cfg.get("dataset_dir")))
+    ds, (xt, yt), (xv, yv) = load_data(dict(cfg, dataset_dir=args.dataset_dir or cfg.get("dataset_dir")),
+                                       run.meta.get("data_source"))
     what = "target columns" if cfg["loss"] == "mse" else "classes"
     if _sizes(cfg, ds)[0] != sizes[0] or ds.num_classes > sizes[-1]:
         raise UsageError(f"{cfg['dataset']} now gives {_sizes(cfg, ds)[0]} features and {ds.num_classes} {what}; the "

@@ -2,12 +2,17 @@
 
 Contract:
   * Every loader returns a :class:`Dataset` ``(x_train, y_train, x_test, y_test, name,
-    num_classes)`` of NumPy arrays. With the defaults (the book's ``load_mnist(normalize=True,
-    flatten=True, one_hot_label=False)``) images are float32 in [0, 1] of shape
-    ``(n, features)`` and labels int32 ``(n,)``. ``normalize=False`` keeps the stored
+    num_classes, source)`` of NumPy arrays (``source``: None, or for a user's ``.npz`` the
+    :class:`NpzSource` naming the arrays used and any test rows held out). With the defaults
+    (the book's ``load_mnist(normalize=True, flatten=True, one_hot_label=False)``) images are
+    float32 in [0, 1] of shape ``(n, features)`` and labels int32 ``(n,)``. ``normalize=False`` keeps the stored
     integers (uint8: 0..255 for MNIST, 0..16 for digits); ``flatten=False`` gives
     ``(n, 1, H, W)``; ``one_hot=True`` gives float32 labels ``(n, num_classes)``.
   * ``load_digits`` reads the 8x8 digits shipped inside the package (works offline).
+  * ``load_npz`` reads a user's ``.npz``: ``x_train, y_train`` with or without ``x_test,
+    y_test``, else ``X, y`` / ``x, y`` / ``images, labels``; a file without a test pair has
+    ``NPZ_TEST_FRACTION`` of each class held out by seed ``NPZ_SPLIT_SEED`` (the same rows on
+    every load). Float64 inputs become float32 here, on the host, once.
   * ``load_mnist`` / ``load_fashion_mnist`` look for the four IDX files, in order, in
     ``path`` (and nowhere else when given), the cache (``cache_dir``, else
     ``$JAXSCRATCH_DATA/<name>``, else ``$XDG_CACHE_HOME`` or ``~/.cache``
@@ -29,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import math
 import numbers
 import os
 from pathlib import Path
@@ -45,13 +49,15 @@ from jaxscratch._idx import IDX_FILES, DataError, read_idx  # noqa: F401: part o
 __all__ = [
     "DataError", "Dataset", "FASHION_MNIST_MD5", "FASHION_MNIST_MIRRORS",
     "FASHION_MNIST_SYSTEM_DIRS", "IDX_FILES", "MNIST_MD5", "MNIST_MIRRORS", "MNIST_SYSTEM_DIRS",
-    "epoch_indices", "kfold_indices", "load_dataset", "load_digits", "load_fashion_mnist",
-    "load_mnist", "load_npz", "one_hot", "read_idx", "train_val_split",
+    "NPZ_SPLIT_SEED", "NPZ_TEST_FRACTION", "NpzSource", "describe_npz", "epoch_indices",
+    "kfold_indices", "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist", "load_npz",
+    "npz_record", "npz_split", "one_hot", "read_idx", "train_val_split",
 ]
 
 
 class Dataset(NamedTuple):
-    """Train and test arrays (NumPy), the data set's name and its number of classes."""
+    """Train and test arrays (NumPy), the data set's name and its number of classes; for a
+    user's ``.npz``, ``source`` (an :class:`NpzSource`) says which arrays were used."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -59,6 +65,7 @@ class Dataset(NamedTuple):
     y_test: np.ndarray
     name: str
     num_classes: int
+    source: NpzSource | None = None
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -241,131 +248,139 @@ def load_fashion_mnist(path=None, *, normalize=True, flatten=True, one_hot=False
 
 
 # ---------------------------------------------------------------------------- user .npz
-def _npz_labels(y, key, path) -> tuple[np.ndarray, int]:
-    """Integer labels (n,) from integer labels or one-hot rows (n, c)."""
-    if y.ndim == 2 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
-        return y.argmax(axis=1), y.shape[1]
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        hint = "; regression targets: load with targets='values' (jaxscratch train --loss mse)" \
-            if np.issubdtype(y.dtype, np.floating) else ""
-        raise DataError(f"{path}: {key} must be integer labels (n,) or one-hot rows (n, classes); "
-                        f"found {y.dtype} {y.shape}{hint}")
-    if y.size and y.min() < 0:
-        raise DataError(f"{path}: {key} must be non-negative; found a label {y.min()}")
-    return y, int(y.max()) + 1 if y.size else 0
+NPZ_TEST_FRACTION = 0.2  # of a train-only file's rows held out as its test set: load_digits' share
+NPZ_SPLIT_SEED = 0
 
 
-def _check_classes(y_train, y_test, num_classes, path, *, declared: bool) -> int:
-    """``num_classes``, once training holds two classes or more, every test label is one of them,
-    and (unless one-hot rows ``declared`` the count) every class 0..C-1 occurs in training:
-    anything else would train outputs that no example teaches."""
-    seen = np.unique(y_train)
-    if len(seen) < 2:
-        raise DataError(f"{path}: y_train must hold at least two classes for a classifier; found only "
-                        f"{seen.tolist()} (every loss would be 0 and every accuracy 100%)")
-    if len(seen) < num_classes and not declared:
-        absent = np.setdiff1d(np.arange(min(num_classes, len(seen) + 6)), seen)[:5].tolist()
-        raise DataError(f"{path}: y_train must hold every class 0..{num_classes - 1} ({num_classes} outputs); "
-                        f"found {len(seen)} distinct labels, so classes such as {absent} never occur: number "
-                        f"the classes 0..{len(seen) - 1}")
-    unknown = np.setdiff1d(np.unique(y_test), seen)
-    if unknown.size:
-        raise DataError(f"{path}: y_test holds labels {unknown[:5].tolist()} that y_train never has (its classes are "
-                        f"0..{num_classes - 1}); a model cannot learn them")
-    return num_classes
+class NpzSource(NamedTuple):
+    """Which arrays of a user's ``.npz`` made a :class:`Dataset`, and where its test rows came from.
 
-
-def _npz_values(y, key, path) -> tuple[np.ndarray, int]:
-    """Regression targets as float32 ``(n,)`` or ``(n, k)``, finite; and their number of columns."""
-    if y.ndim not in (1, 2) or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise DataError(f"{path}: {key} must be numeric targets (n,) or (n, k) for regression; found {y.dtype} {y.shape}")
-    with np.errstate(over="ignore"):
-        y = y.astype(np.float32)
-    if not np.isfinite(y).all():
-        raise DataError(f"{path}: {key} must hold finite numbers (within float32's range); found NaN or Inf at "
-                        f"index {int(np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))[0])}")
-    return y, 1 if y.ndim == 1 else y.shape[1]
-
-
-def _read_npz(path) -> dict[str, np.ndarray]:
-    """The four arrays of a user's .npz, each verified whole (``_npz``), never unpickled."""
-    keys = ("x_train", "y_train", "x_test", "y_test")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except OSError as e:
-        raise DataError(f"cannot read {path} as an .npz file: {e}") from None
-    if head.startswith(b"\x93NUMPY"):
-        raise DataError(f"{path}: expected an .npz archive of named arrays; found a single array (.npy)")
-    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a zip, an empty zip
-        # (np.load would take any other file for a pickle and say so: never suggest unpickling)
-        raise DataError(f"{path}: not an .npz archive: expected a zip of .npy arrays; "
-                        f"found a file starting with {head!r}")
-    return _npz.read_arrays(path, keys)
-
-
-def _npz_images(x, key, path, *, normalize, flatten) -> np.ndarray:
-    """float32 images; integer ones (0..255) divided by 255 when normalize."""
-    if x.ndim < 2 or 0 in x.shape[1:] or not (np.issubdtype(x.dtype, np.integer)
-                                              or np.issubdtype(x.dtype, np.floating)):
-        raise DataError(f"{path}: {key} must be numeric (n, ...) with at least 2 dims and a value "
-                        f"per sample; found {x.dtype} {x.shape}")
-    if normalize and np.issubdtype(x.dtype, np.integer):
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise DataError(f"{path}: integer images must lie in 0..255 to normalize; found "
-                            f"{x.min()}..{x.max()} in {key}; store them as floats, or pass normalize=False")
-        x = x.astype(np.float32) / np.float32(255)
-    with np.errstate(over="ignore"):  # values beyond float32's range become Inf, refused below
-        x = x.astype(np.float32)
-    flat = x.reshape(len(x), math.prod(x.shape[1:]))  # (-1 cannot be inferred for 0 samples)
-    if not np.isfinite(flat).all():  # NaN, Inf, or beyond float32's range
-        rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
-        raise DataError(f"{path}: {key} must hold finite numbers (within float32's range); "
-                        f"found NaN or Inf in {len(rows)} samples, the first at index {rows[0]}")
-    return flat if flatten else x
-
-
-def load_npz(path, *, normalize=True, flatten=True, one_hot=False, targets="labels") -> Dataset:
-    """A data set of your own: an ``.npz`` holding ``x_train, y_train, x_test, y_test``.
-
-    ``targets="values"`` reads regression targets instead of labels: numbers ``(n,)`` or ``(n, k)``
-    as float32 (finite), and ``num_classes`` is then the number of target columns (1 for ``(n,)``).
-
-    Images (at least 2-D) become float32. Integer images must hold 0..255 and are divided
-    by 255 when ``normalize`` (pass False for other ranges: they are only cast); float
-    images are cast unchanged; all must be finite, and ``x_train`` must hold a sample. Labels
-    are integers ``(n,)`` >= 0 or one-hot rows; ``num_classes`` is the one-hot width or the
-    largest label + 1; ``y_train`` must hold two classes or more (every class, for integer
-    labels) and every test label. Each member is read whole and checked (its header against
-    its size, the zip's CRC-32) before it is trusted; nothing is unpickled.
-
-    Returns:
-      A :class:`Dataset` named after the file (``"mine"`` for ``mine.npz``).
+    ``arrays``: ``(name, shape, dtype)`` of each array used, as stored: the inputs and targets,
+    then the test pair's when the file holds ``x_test`` and ``y_test``. ``unused``: the names of
+    the other arrays. For a train-only file, ``held_out`` of its rows were held out as the test
+    set by ``test_fraction`` and ``seed`` (``stratified``: that share of each class); for a file
+    with a test pair these are 0, None, None, False.
     """
-    arrays = _read_npz(path)
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DataError(f"{path}: x_train and x_test samples differ in shape: "
-                        f"{arrays['x_train'].shape[1:]} vs {arrays['x_test'].shape[1:]}")
+
+    path: str
+    arrays: tuple
+    unused: tuple
+    held_out: int
+    test_fraction: float | None
+    seed: int | None
+    stratified: bool = False
+
+    @property
+    def integer_inputs(self) -> bool:
+        """Whether the inputs were stored as integers (which ``normalize`` divides by 255)."""
+        return bool(np.issubdtype(np.dtype(self.arrays[0][2]), np.integer))
+
+
+def describe_npz(source: NpzSource) -> str:
+    """One line: the file, each array used with its shape and dtype, and any split, e.g.
+    ``runs.npz: X (1000, 64) float64, y (1000,) int64; no test set: 200 of 1000 rows held out
+    as test (20% of each class, seed 0)``."""
+    used = ", ".join(f"{name} {tuple(shape)} {dtype}" for name, shape, dtype in source.arrays)
+    text = f"{os.path.basename(source.path)}: {used}"
+    if source.test_fraction is not None:
+        n = source.arrays[0][1][0]
+        share = f"{100 * source.test_fraction:g}%" + (" of each class" if source.stratified else "")
+        text += f"; no test set: {source.held_out} of {n} rows held out as test ({share}, seed {source.seed})"
+    return text + (f"; not used: {', '.join(source.unused)}" if source.unused else "")
+
+
+def npz_record(source: NpzSource) -> dict:
+    """``source`` as JSON (what a run stores), with its :func:`describe_npz` line as ``"summary"``."""
+    arrays = [{"name": n, "shape": list(shape), "dtype": dtype} for n, shape, dtype in source.arrays]
+    return {**source._asdict(), "arrays": arrays, "unused": list(source.unused), "summary": describe_npz(source)}
+
+
+def npz_split(record) -> dict:
+    """The ``test_fraction`` and ``seed`` keywords of :func:`load_npz` that give again the split
+    of a stored :func:`npz_record` (none for a file with a test pair, or no record)."""
+    if not isinstance(record, dict) or record.get("test_fraction") is None:
+        return {}
+    fraction, seed = record["test_fraction"], record.get("seed")
+    if not (isinstance(fraction, float) and 0 < fraction < 1 and isinstance(seed, int)
+            and not isinstance(seed, bool) and seed >= 0):
+        raise DataError(f"a stored data_source must hold a test_fraction in (0, 1) and a seed >= 0; found "
+                        f"{fraction!r} and {seed!r}: the run's metadata was edited")
+    return {"test_fraction": fraction, "seed": seed}
+
+
+def _hold_out(y, *, labels: bool, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx) of a train-only file: stratified for labels (each class gives
+    ``round(test_fraction * class size)`` rows, so with a fraction below 0.5 every class keeps
+    training rows), else a
+    seeded permutation of which the first ``round(test_fraction * n)`` rows are held out."""
+    if labels:
+        return _stratified_split(y, test_fraction, seed)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    k = round(test_fraction * len(y))
+    return perm[k:], perm[:k]
+
+
+def _npz_set(arrays, names, path, *, targets, normalize, flatten):
+    """Inputs (float32) and targets of one pair ``names``, checked, and the targets' class count."""
+    (xk, yk), read_targets = names, _npz.labels if targets == "labels" else _npz.values
+    x = _npz.images(arrays[xk], xk, path, normalize=normalize, flatten=flatten)
+    y, classes = read_targets(arrays[yk], yk, path)
+    if len(x) != len(y):
+        raise DataError(f"{path}: {xk} holds {len(x)} samples but {yk} {len(y)}")
+    return x, y, classes
+
+
+def load_npz(path, *, normalize=True, flatten=True, one_hot=False, targets="labels",
+             test_fraction=NPZ_TEST_FRACTION, seed=NPZ_SPLIT_SEED) -> Dataset:
+    """A data set of your own: an ``.npz`` of inputs and targets, with or without a test set.
+
+    Arrays: the first pair of ``x_train, y_train``, ``X, y``, ``x, y``, ``images, labels`` that
+    the file holds (in that order, ``_npz.TRAIN_PAIRS``) are the inputs and targets, ``x_test,
+    y_test`` the test set; a second pair holding other arrays is refused as ambiguous. A file
+    without ``x_test, y_test`` has ``test_fraction`` of its rows (of each class, for labels) held
+    out as the test set by ``np.random.default_rng(seed)``: the same rows on every load.
+    ``Dataset.source`` (an :class:`NpzSource`) names the arrays used and the split.
+
+    Inputs (at least 2-D) become float32 on the host, once: integers must hold 0..255 and are
+    divided by 255 when ``normalize`` (pass False for other ranges); float64 is cast; all must
+    be finite. Labels are integers ``(n,)`` >= 0 or one-hot rows (``num_classes``: the width,
+    else the largest label + 1; training must hold every class and every test label).
+    ``targets="values"``: regression targets ``(n,)`` or ``(n, k)`` as float32, ``num_classes``
+    their column count. Each member is read whole and checked (header, size, CRC-32); nothing
+    is unpickled.
+    """
     if targets not in ("labels", "values"):
         raise ValueError(f"targets must be 'labels' or 'values'; got {targets!r}")
-    read_targets = _npz_labels if targets == "labels" else _npz_values
-    out, classes = {}, []
-    for split in ("train", "test"):
-        x = _npz_images(arrays[f"x_{split}"], f"x_{split}", path, normalize=normalize, flatten=flatten)
-        y, c = read_targets(arrays[f"y_{split}"], f"y_{split}", path)
-        if len(x) != len(y):
-            raise DataError(f"{path}: x_{split} holds {len(x)} samples but y_{split} {len(y)}")
-        if split == "train" and not len(x):
-            raise DataError(f"{path}: x_train holds no samples; expected at least one")
-        out[split], classes = (x, y), classes + [c]
-    (x_train, y_train), (x_test, y_test) = out["train"], out["test"]
+    test_fraction = _check_fraction("test_fraction", test_fraction, allow_zero=False)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0; got {seed!r}")
+    _npz.check_archive(path)
+    train_names, test_names, arrays, unused = _npz.read_pairs(path)
+    if test_names and arrays[train_names[0]].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(f"{path}: {train_names[0]} and x_test samples differ in shape: "
+                        f"{arrays[train_names[0]].shape[1:]} vs {arrays['x_test'].shape[1:]}")
+    opts = {"targets": targets, "normalize": normalize, "flatten": flatten}
+    x_train, y_train, classes = _npz_set(arrays, train_names, path, **opts)
+    if not len(x_train):
+        raise DataError(f"{path}: {train_names[0]} holds no samples; expected at least one")
+    if test_names:
+        x_test, y_test, _ = _npz_set(arrays, test_names, path, **opts)
+        held, split = 0, (None, None, False)
+    else:
+        train, test = _hold_out(y_train, labels=targets == "labels", test_fraction=test_fraction, seed=int(seed))
+        x_train, y_train, x_test, y_test = x_train[train], y_train[train], x_train[test], y_train[test]
+        held, split = len(test), (test_fraction, int(seed), targets == "labels")
+    source = NpzSource(os.fspath(path), tuple((k, arrays[k].shape, str(arrays[k].dtype)) for k in
+                                              train_names + (test_names or ())), tuple(unused), held, *split)
     if targets == "values":
         if y_train.shape[1:] != y_test.shape[1:]:
-            raise DataError(f"{path}: y_train and y_test rows differ in shape: {y_train.shape[1:]} vs {y_test.shape[1:]}")
-        return Dataset(x_train, y_train, x_test, y_test, Path(path).stem, classes[0])
-    num_classes = _check_classes(y_train, y_test, classes[0], path, declared=arrays["y_train"].ndim == 2)
+            raise DataError(f"{path}: {train_names[1]} and y_test rows differ in shape: "
+                            f"{y_train.shape[1:]} vs {y_test.shape[1:]}")
+        return Dataset(x_train, y_train, x_test, y_test, Path(path).stem, classes, source)
+    num_classes = _npz.check_classes(y_train, y_test, classes, path, declared=arrays[train_names[1]].ndim == 2,
+                                     names=(train_names[1], "y_test" if test_names else f"{train_names[1]} (held out)"))
     return Dataset(x_train, _labels(y_train, num_classes, one_hot), x_test,
-                   _labels(y_test, num_classes, one_hot), Path(path).stem, num_classes)
+                   _labels(y_test, num_classes, one_hot), Path(path).stem, num_classes, source)
 
 
 # ---------------------------------------------------------------------------- dispatch

@@ -12,7 +12,10 @@ Contract:
     ``loss(outputs, y)`` (loss reported, best = lowest validation loss). Data are checked
     against the model before anything compiles: ``x`` ``(n, ...)`` as the model accepts it
     (found by ``jax.eval_shape``), targets that fit the loss and the model's outputs (the checks
-    and the chunk layout of the data live in the private ``_fitdata``).
+    and the chunk layout of the data live in the private ``_fitdata``). NumPy's float64 inputs
+    and targets and int64 labels are cast to float32 and int32 on the host, once, as the data
+    are laid out for their one upload (unless ``jax_enable_x64``): JAX never truncates them
+    and never warns that it would.
   * Randomness is a pure function of ``(key, step)``: epoch ``e`` draws its batch order from
     ``fold_in(fold_in(key, 0), e)`` and step ``t`` its dropout key from
     ``fold_in(fold_in(key, 1), t)``. ``fit`` initialises the model with ``model.init(key)``
@@ -426,7 +429,8 @@ def fit(key, model: nn.Model, optimizer: optim.Optimizer, train, *, epochs: int,
       optimizer: any ``(init, update)`` pair. Wrap it in ``optim.apply_if_finite`` to skip
         updates with non-finite gradients (``history["skipped_steps"]`` counts them per epoch).
       train, validation, test: ``(x, y)`` pairs, ``x`` ``(n, ...)``; checked against the model and
-        the loss before anything compiles. Validation and test are optional.
+        the loss before anything compiles. Validation and test are optional. float64 (int64)
+        arrays are cast to float32 (int32) on the host, once, without JAX's truncation warning.
       epochs: total number of epochs; a resumed run continues up to it.
       loss: ``"cross_entropy"``, ``"mse"`` or a callable ``loss(outputs, y) -> scalar`` (see
         :func:`losses.task`).

@@ -138,7 +138,9 @@ CASES = [
     Case(D, "a file missing", "train --dataset mnist --dataset-dir idx/missing-file"),
     Case(N, "file does not exist", "train --dataset nowhere.npz"),
     Case(N, "not an .npz at all", "train --dataset npz/text.npz"),
-    Case(N, "an array missing", "train --dataset npz/missing-array.npz"),
+    Case(N, "half a test pair (x_test without y_test)", "train --dataset npz/missing-array.npz"),
+    Case(N, "two different pairs of arrays (X/y and x/y)", "train --dataset npz/ambiguous.npz"),
+    Case(N, "no pair of the accepted names", "train --dataset npz/no-pair.npz"),
     Case(N, "image and label counts differ", "train --dataset npz/count-mismatch.npz"),
     Case(N, "negative label", "train --dataset npz/negative-label.npz"),
     Case(N, "float labels", "train --dataset npz/float-labels.npz"),
@@ -285,6 +287,8 @@ def _npz_files(root: Path) -> None:
         arrays = {k: v for k, v in {**good, **change}.items() if v is not None}
         np.savez(folder / f"{name}.npz", **arrays)
     (folder / "text.npz").write_text("x_train,y_train\n0,1\n")
+    np.savez(folder / "ambiguous.npz", X=x, x=x + 1, y=y)
+    np.savez(folder / "no-pair.npz", data=x, target=y)
     _damaged_npz(folder, good)
 
 
