@@ -283,12 +283,9 @@ def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
             kwargs[mask] = _weights  # decay weights only, never biases, gamma or beta
     try:
         optimizer = factory(learning_rate=lr, **kwargs)
-    except (TypeError, ValueError) as err:  # "adam: b1 must be in [0, 1); got 1.5": name the flag instead
-        text = str(err).removeprefix(f"{cfg['optimizer']}: ")
-        name = text.split(" ", 1)[0]
-        if name in kwargs:
-            text = _flag(name) + text[len(name):]
-        raise UsageError(f"{text} (--optimizer {cfg['optimizer']})") from None
+    except optim.HyperparameterError as err:  # "adam: b1 must be in [0, 1); got 1.5": name the flag instead
+        name = _flag(err.argument) if err.argument in kwargs else err.argument
+        raise UsageError(f"{name} must be {err.expected}; got {err.found} (--optimizer {cfg['optimizer']})") from None
     if cfg.get("skip_nonfinite") is not None:
         optimizer = optim.apply_if_finite(optimizer, max_consecutive_errors=cfg["skip_nonfinite"])
     return optimizer
