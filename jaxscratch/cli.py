@@ -499,7 +499,7 @@ def cmd_train(args) -> int:
         try:
             restored = checkpoint.restore(ckpt, like={"state": template, "best": template})
         except (checkpoint.CheckpointError, OSError) as err:
-            raise UsageError(f"--resume: {_first_problem(str(err))}") from None
+            raise UsageError(f"--resume: {_first_problem(err)}") from None
         state, best = restored["state"], restored["best"]
         history = meta["history"]
     created = _make_dirs(out)  # every input is checked: now the run may write
@@ -630,12 +630,11 @@ def _maybe_figure(history, path, title):
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def _first_problem(text: str) -> str:
-    """A checkpoint's list of mismatched leaves, cut to the first one and a count."""
-    lines = text.splitlines()
-    more = re.search(r"\.\.\. and (\d+) more", lines[-1])
-    count = sum(line.strip().startswith("leaf ") for line in lines) + (int(more.group(1)) if more else 0)
-    return text if count < 2 else f"{lines[0]} {lines[1].strip()}; and {count - 1} more leaves like it"
+def _first_problem(err) -> str:
+    """A checkpoint error (or ``OSError``) in one line: a list of mismatched leaves cut to the first
+    one and a count."""
+    leaves = getattr(err, "mismatches", ())
+    return str(err) if len(leaves) < 2 else f"{err.summary}: {leaves[0]}; and {len(leaves) - 1} more leaves like it"
 
 
 class _LoadedRun(NamedTuple):
@@ -661,7 +660,7 @@ def _load_run(run_dir, which=BEST, *, debug=False) -> _LoadedRun:
     try:
         state = checkpoint.restore(path, like={"state": template, "best": template})["state"]
     except (checkpoint.CheckpointError, OSError) as err:
-        raise UsageError(_first_problem(str(err))) from None
+        raise UsageError(_first_problem(err)) from None
     return _LoadedRun(cfg, sizes, input_shape, model, state, meta)
 
 
