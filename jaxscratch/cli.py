@@ -40,7 +40,6 @@ Contract:
 """
 from __future__ import annotations
 
-import argparse  # noqa: F401: the flag types raise argparse.ArgumentTypeError (tests reach it as cli.argparse)
 import contextlib
 import fcntl
 import functools
@@ -65,7 +64,6 @@ import numpy as np
 from jaxscratch import __version__, checkpoint, compile_cache, data, devices, nn, optim, sweep, train
 from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS, UsageError, _flag, _init_scale,
                                _widths, build_optimizer, build_parser, data_parallel, stored_config, train_config)
-from jaxscratch._flags import SEED_MAX, TRAIN_TYPES, _bool, _float, _hidden, _int  # noqa: F401: re-exported for tests
 
 CHECKPOINT, BEST, METRICS, FIGURE = "checkpoint.npz", "best.npz", "metrics.json", "training.png"
 RUN_FILES = (CHECKPOINT, BEST, METRICS, FIGURE)
