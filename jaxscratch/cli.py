@@ -7,7 +7,7 @@ whole state, the configuration and history), ``best.npz`` (the best-validation s
 
 Contract:
   * Every flag is checked as it is parsed: its type (ints in ASCII digits, finite numbers,
-    true/false), its range, and named choices (the valid ones listed). A flag that does not
+    switches as --flag/--no-flag), its range, and named choices (the valid ones listed). A flag that does not
     apply to the chosen optimizer, schedule or dataset is an error, never silently ignored. A
     run's stored configuration is checked the same way when it is read back.
   * Every error a user can cause (a bad flag, a missing, damaged or foreign file, data that do

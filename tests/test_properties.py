@@ -219,10 +219,9 @@ def test_int_and_float_accept_exactly_plain_finite_numbers(text):
     assert (out is None and python_float(text) is None) or out == python_float(text)
 
 
-@given(st.text(max_size=8))
-def test_bool_accepts_exactly_six_words(text):
-    words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-    assert accepted(_flags._bool, text) == words.get(text.lower())
+@given(st.one_of(st.booleans(), st.integers(-1, 2), st.none(), texts))
+def test_a_stored_switch_is_exactly_a_boolean(value):
+    assert accepted(_flags._switch, value) == (value if isinstance(value, bool) else None)
 
 
 @given(st.lists(st.one_of(st.integers(-3, 300).map(str), texts), min_size=1, max_size=4).map(",".join))

@@ -96,7 +96,7 @@ CASES = [
     Case(F, "unknown dataset", "train --dataset cifar"),
     Case(F, "bad weight init", "train --weight-init 0"),
     Case(F, "bad hidden widths", "train --hidden 100,,100"),
-    Case(F, "bad true/false", "train --optimizer adagrad --eps-in-sqrt maybe"),
+    Case(F, "a switch given a value (switches are --flag / --no-flag)", "train --optimizer adagrad --eps-in-sqrt true"),
     Case(F, "optimizer flag for another optimizer", "train --momentum 0.5"),
     Case(F, "optimizer hyperparameter out of range", "train --b1 1.5 --out x"),
     Case(F, "optimizer hyperparameter out of range", "train --optimizer momentum --momentum 1 --out x"),
