@@ -226,7 +226,7 @@ def test_converges_on_quadratic_and_rosenbrock(name):
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_a_schedule_brings_one_count_and_is_evaluated_at_it(name):
     params, grads = {"w": jnp.linspace(-1.0, 1.0, 4)}, {"w": jnp.ones(4)}
-    lr = lambda count: jnp.where(count < 2, 0.1, 0.01)  # noqa: E731
+    lr = lambda count: jnp.where(count < 2, 0.1, 0.01)
     opt = FACTORIES[name](learning_rate=lr)
     state, ref_state = opt.init(params), FACTORIES[name](learning_rate=0.1).init(params)
     assert [int(c) for c in counts(state)] == [0]

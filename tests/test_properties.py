@@ -54,7 +54,7 @@ def reference_idx(blob: bytes):
     if blob[:2] == b"\x1f\x8b":
         try:
             blob = gzip.decompress(blob)
-        except Exception:  # noqa: BLE001: whatever stops gzip makes the file invalid
+        except Exception:  # noqa: BLE001 (whatever stops gzip makes the file invalid)
             return None
     if len(blob) < 4 or blob[0] or blob[1] or blob[2] not in IDX_TYPES or not 1 <= blob[3] <= 4:
         return None
@@ -205,7 +205,7 @@ texts = st.one_of(st.text(max_size=12), ascii_numbers, st.sampled_from(
 def accepted(parse, text):
     try:
         return parse(text)
-    except Exception as err:  # noqa: BLE001: only ArgumentTypeError may come out
+    except Exception as err:  # noqa: BLE001 (only ArgumentTypeError may come out)
         assert isinstance(err, argparse.ArgumentTypeError), err
         assert repr(text) in str(err) and str(err).startswith("expected ")
         return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
-import hashlib
 import http.server
 import io
 import json
@@ -42,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
+import jax.numpy as jnp  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
 
-from jaxscratch import checkpoint, cli, data, nn, optim, train  # noqa: E402
+from jaxscratch import checkpoint, cli, data, nn, optim, train  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
 
 TINY = "--epochs 2 --hidden 8 --batch-size 128 --quiet"  # a finished run in a second or two
 
@@ -66,9 +65,10 @@ class Result(NamedTuple):
     left: tuple            # files and folders created or changed
 
 
-F, D, N, M, C, S, I, P = ("Flags", "Data files (IDX, through `--dataset-dir`)", "Your own .npz data set",
-                          "Your own model and loss (`--model`, `--loss`)", "Run folders and checkpoints", "Downloads",
-                          "Interruptions and divergence", "Python API")
+F, D, N, M, C, S, I, P = (  # noqa: E741 (I: a section's initial, as the others are)
+    "Flags", "Data files (IDX, through `--dataset-dir`)", "Your own .npz data set",
+    "Your own model and loss (`--model`, `--loss`)", "Run folders and checkpoints", "Downloads",
+    "Interruptions and divergence", "Python API")
 CASES = [
     Case(F, "unknown subcommand", "fit"),
     Case(F, "unknown flag", "train --epohcs 3"),
@@ -240,7 +240,7 @@ def _mnist(n_train=20, n_test=5) -> dict:
 
 
 def _idx_folders(root: Path) -> None:
-    gz = lambda b: gzip.compress(b, mtime=0)  # noqa: E731
+    gz = lambda b: gzip.compress(b, mtime=0)
     good = {k: gz(v) for k, v in _mnist().items()}
     labels, images = "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"
     raw_images = _mnist()[images]
@@ -330,7 +330,7 @@ def _model_files(root: Path) -> None:
     (folder / "raises.py").write_text("import math\nWIDTH = math.sqrt(-1)\n")
     (folder / "syntax.py").write_text("def make(input_shape, outputs):\n    return nn.mlp_model((\n")
     (folder / "changing.py").write_text(MODEL_FILE)
-    assert cli.main(shlex.split(f"train --out run-model --model models/changing.py:make --epochs 2 --quiet")) == 0
+    assert cli.main(shlex.split("train --out run-model --model models/changing.py:make --epochs 2 --quiet")) == 0
     (folder / "changing.py").write_text(MODEL_FILE + "\n# edited after training\n")
 
 
@@ -523,7 +523,7 @@ def _run_one(case: Case, urls: dict) -> tuple[str, str]:
         try:
             eval(how.removeprefix("python: "), {"data": data, "checkpoint": checkpoint, "jnp": jnp, "np": np,
                                                 "jax": jax, "nn": nn, "optim": optim, "train": train})
-        except Exception as err:  # noqa: BLE001: the point is to show what a user would see
+        except Exception as err:  # noqa: BLE001 (the point is to show what a user would see)
             return type(err).__name__, str(err)
         return "no error", ""
     err = io.StringIO()
