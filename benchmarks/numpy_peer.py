@@ -152,12 +152,12 @@ class MultiLayerNet:
                 else layer.backward(dout)
         grads = {}
         wd = self.params["W0"].dtype.type(self.weight_decay)
-        for i, layer in enumerate(a for a in self.layers if isinstance(a, Affine)):
+        for i, layer in enumerate(l for l in self.layers if isinstance(l, Affine)):
             grads[f"W{i}"] = layer.dW + wd * layer.W if self.weight_decay > 0 else layer.dW
             grads[f"b{i}"] = layer.db
         for i, layer in enumerate(self.layers):
             if isinstance(layer, BatchNormalization):
-                k = sum(isinstance(a, Affine) for a in self.layers[:i]) - 1
+                k = sum(isinstance(l, Affine) for l in self.layers[:i]) - 1
                 grads[f"gamma{k}"], grads[f"beta{k}"] = layer.dgamma, layer.dbeta
         return loss, grads
 

@@ -796,7 +796,7 @@ def cmd_compare(args) -> int:
         print(f"{name:10s} {loss:10.4f} {'-' if acc is None else f'{100 * acc:.2f}%':>9s} {secs:6.1f}s")
     _make_dirs(args.out)
     _write_json(os.path.join(args.out, "compare.json"), {"iterations": iterations, "results": [
-        {"optimizer": n, "final_loss": loss, "test_accuracy": a, "time_s": s} for n, loss, a, s in rows]})
+        {"optimizer": n, "final_loss": l, "test_accuracy": a, "time_s": s} for n, l, a, s in rows]})
     fig = None
     try:
         from jaxscratch import plot

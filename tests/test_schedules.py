@@ -25,7 +25,7 @@ def optax_values(schedule, counts=COUNTS):
         return np.array([float(np.float32(schedule(jnp.int32(c)))) for c in counts])
 
 
-S, O = schedules, optax  # noqa: E741 (O for optax beside S for schedules, in the table below)
+S, O = schedules, optax
 CASES = {
     "constant": (lambda: S.constant_schedule(0.3), lambda: O.constant_schedule(0.3)),
     "exp": (lambda: S.exponential_decay(0.1, 50, 0.5), lambda: O.exponential_decay(0.1, 50, 0.5)),

@@ -65,10 +65,9 @@ class Result(NamedTuple):
     left: tuple            # files and folders created or changed
 
 
-F, D, N, M, C, S, I, P = (  # noqa: E741 (I: a section's initial, as the others are)
-    "Flags", "Data files (IDX, through `--dataset-dir`)", "Your own .npz data set",
-    "Your own model and loss (`--model`, `--loss`)", "Run folders and checkpoints", "Downloads",
-    "Interruptions and divergence", "Python API")
+F, D, N, M, C, S, I, P = ("Flags", "Data files (IDX, through `--dataset-dir`)", "Your own .npz data set",
+                          "Your own model and loss (`--model`, `--loss`)", "Run folders and checkpoints", "Downloads",
+                          "Interruptions and divergence", "Python API")
 CASES = [
     Case(F, "unknown subcommand", "fit"),
     Case(F, "unknown flag", "train --epohcs 3"),
