@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # a GPU shared with the children it starts
 
-import common  # noqa: E402
+import common  # noqa: E402 (after the sys.path insert that finds it)
 
 FULL = {"repeats": 5, "a_steps": 1000, "a_threads": True, "e2e_repeats": 2, "c_repeats": 1, "e_repeats": 3,
         "b_optimizers": ["sgd", "momentum", "adagrad", "adam"], "b_iterations": 2000, "c_trials": 100, "c_epochs": 50,

@@ -128,7 +128,7 @@ def run_children(module, impls, prep_path, repeats, log):
             works[impl].append(rep["work_s"])
             log(f"  [{module}] {impl:20s} run {r + 1}/{repeats}: work {rep['work_s']:.2f}s (compile "
                 f"{fmt_s(rep['compile_s'])}s) process {rep['process_s']:.2f}s rss {rep['maxrss_mib']:.0f} MiB"
-                f"{'' if rep.get('devices') is None else ' devices %d' % rep['devices']}")
+                f"{'' if rep.get('devices') is None else ' devices ' + str(rep['devices'])}")
             rss = max(rep["maxrss_mib"], best[impl]["maxrss_mib"]) if impl in best else rep["maxrss_mib"]
             if impl not in best or rep["work_s"] < best[impl]["work_s"]:
                 best[impl] = rep

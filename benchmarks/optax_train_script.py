@@ -23,10 +23,10 @@ import time
 
 T0 = time.perf_counter()
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax  # noqa: E402 (after T0: the measured time includes importing them)
+import jax.numpy as jnp  # noqa: E402 (after T0: the measured time includes importing them)
+import numpy as np  # noqa: E402 (after T0: the measured time includes importing them)
+import optax  # noqa: E402 (after T0: the measured time includes importing them)
 
 
 def read_idx(path):

@@ -37,11 +37,11 @@ import jax
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 (below matplotlib.use, which must run before pyplot is imported)
+import numpy as np  # noqa: E402 (below matplotlib.use, which must run before pyplot is imported)
 
-import jaxscratch  # noqa: E402
-from jaxscratch import data, sweep  # noqa: E402
+import jaxscratch  # noqa: E402 (below matplotlib.use, which must run before pyplot is imported)
+from jaxscratch import data, sweep  # noqa: E402 (below matplotlib.use, which must run before pyplot is imported)
 
 jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
 jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)

@@ -4,7 +4,9 @@ Contract:
   * Each flag type takes a command-line string, or a value read back from a stored
     configuration, and returns the checked value; otherwise it raises
     ``argparse.ArgumentTypeError("expected ...; got '...'")``. Ints are ASCII digits, numbers
-    are finite, true/false are six words, named choices list the valid ones.
+    are finite, named choices list the valid ones. Switches are ``--flag`` / ``--no-flag``
+    (``argparse.BooleanOptionalAction``; a stored configuration holds them as JSON booleans), and
+    the value-taking form ``--flag true`` is refused by name.
   * :data:`TRAIN_TYPES` maps every ``jaxscratch train`` flag to its type; :func:`build_parser`
     uses it and so does :func:`stored_config`, which checks a run read back from a checkpoint.
   * :func:`train_config` merges the given flags over :data:`DEFAULTS` and checks them
@@ -21,6 +23,7 @@ import argparse
 import inspect
 import math
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +45,7 @@ DEFAULTS = {
 OPT_FLAGS = ["momentum", "b1", "b2", "eps", "decay", "rho", "initial_accumulator_value", "eps_in_sqrt",
              "fold_bias_correction"]
 DECOUPLED_DECAY = ("adamw", "lion", "adadelta")  # --weight-decay is the optimizer's own decay
+SWITCHES = ("batchnorm", "eps_in_sqrt", "fold_bias_correction")  # --flag / --no-flag
 MLP_FLAGS = ("hidden", "activation", "weight_init", "batchnorm", "dropout", "dropout_mode")  # not with --model
 LOSSES = ("cross_entropy", "mse")
 SCHEDULES = ("constant", "exponential", "cosine", "warmup-cosine")
@@ -102,16 +106,12 @@ class _OutOfFloat32(argparse.ArgumentTypeError):
 _F32_TINY, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 
-def _bool(text) -> bool:
-    """``true``, ``yes``, ``1`` or ``false``, ``no``, ``0``, in any case."""
-    if isinstance(text, bool):
-        return text
-    word = text.lower() if isinstance(text, str) else None
-    if word in ("1", "true", "yes"):
-        return True
-    if word in ("0", "false", "no"):
-        return False
-    raise _bad("true or false", text)
+def _switch(value) -> bool:
+    """A switch's value in a stored configuration: ``True`` or ``False`` (on the command line a
+    switch takes no value: ``--flag`` / ``--no-flag``)."""
+    if isinstance(value, bool):
+        return value
+    raise _bad("true or false", value)
 
 
 def _ranged(parse, lo, hi=None, *, lo_open=False, hi_open=False):
@@ -217,14 +217,13 @@ TRAIN_TYPES = {
     "weight_init": _weight_init, "optimizer": _choice(*sorted(optim.OPTIMIZERS)), "learning_rate": _ranged(_float, 0),
     "schedule": _choice(*SCHEDULES), "warmup_epochs": _ranged(_int, 0), "decay_epochs": _ranged(_int, 1),
     "decay_factor": _ranged(_float, 0, 1, lo_open=True), "epochs": _ranged(_int, 1), "batch_size": _ranged(_int, 1),
-    "validation_fraction": _ranged(_float, 0, 1, hi_open=True), "batchnorm": _bool,
+    "validation_fraction": _ranged(_float, 0, 1, hi_open=True), "batchnorm": _switch,
     "dropout": _ranged(_float, 0, 1, hi_open=True), "dropout_mode": _choice(*nn.DROPOUT_MODES),
     "weight_decay": _ranged(_float, 0), "sampling": _choice(*train.SAMPLINGS), "seed": _ranged(_int, 0, SEED_MAX),
     "devices": _devices, "precision": _choice(*PRECISIONS), "skip_nonfinite": _ranged(_int, 0),
     "model": _model_spec, "loss": _choice(*LOSSES),
     # The optimizer's own hyperparameters: finite numbers here; each optimizer checks its ranges.
-    **{k: _float for k in OPT_FLAGS if k not in ("eps_in_sqrt", "fold_bias_correction")},
-    "eps_in_sqrt": _bool, "fold_bias_correction": _bool,
+    **{k: _float for k in OPT_FLAGS if k not in SWITCHES}, **{k: _switch for k in SWITCHES if k in OPT_FLAGS},
 }
 
 
@@ -298,12 +297,9 @@ def build_optimizer(cfg, steps_per_epoch: int) -> optim.Optimizer:
             kwargs[mask] = _weights  # decay weights only, never biases, gamma or beta
     try:
         optimizer = factory(learning_rate=lr, **kwargs)
-    except (TypeError, ValueError) as err:  # "adam: b1 must be in [0, 1); got 1.5": name the flag instead
-        text = str(err).removeprefix(f"{cfg['optimizer']}: ")
-        name = text.split(" ", 1)[0]
-        if name in kwargs:
-            text = _flag(name) + text[len(name):]
-        raise UsageError(f"{text} (--optimizer {cfg['optimizer']})") from None
+    except optim.HyperparameterError as err:  # "adam: b1 must be in [0, 1); got 1.5": name the flag instead
+        name = _flag(err.argument) if err.argument in kwargs else err.argument
+        raise UsageError(f"{name} must be {err.expected}; got {err.found} (--optimizer {cfg['optimizer']})") from None
     if cfg.get("skip_nonfinite") is not None:
         optimizer = optim.apply_if_finite(optimizer, max_consecutive_errors=cfg["skip_nonfinite"])
     return optimizer
@@ -335,6 +331,25 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
+        self._switches = {}  # option string -> its --flag/--no-flag action
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if isinstance(action, argparse.BooleanOptionalAction):
+            self._switches.update(dict.fromkeys(action.option_strings, action))
+        return action
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, but the old ``--flag true`` of a switch is refused naming the flag (argparse
+        would only call ``true`` an unrecognized argument)."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        words = list(sys.argv[1:] if args is None else args)
+        for flag, value in zip(words, words[1:]):
+            if flag in self._switches and value in extras:
+                on, off = self._switches[flag].option_strings
+                raise UsageError(f"{self.prog}: error: argument {flag}: expected no value (a switch: {on} turns it "
+                                 f"on, {off} off); got {value!r}")
+        return namespace, extras
 
     def error(self, message):
         hint = "" if "expected" in message else f"; see {self.prog} --help"
@@ -362,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--optimizer", f"one of {', '.join(sorted(optim.OPTIMIZERS))}")
     add("--learning-rate", "learning rate >= 0; default: the optimizer's own (the book's)")
     for dest in OPT_FLAGS:
-        t.add_argument(_flag(dest), type=TRAIN_TYPES[dest], default=None,
-                       help="optimizer hyperparameter (default: the optimizer's own)")
+        kind = {"action": argparse.BooleanOptionalAction} if dest in SWITCHES else {"type": TRAIN_TYPES[dest]}
+        t.add_argument(_flag(dest), default=None, help="optimizer hyperparameter (default: the optimizer's own)", **kind)
     add("--schedule", f"learning-rate schedule: {', '.join(SCHEDULES)}")
     add("--warmup-epochs", "warm-up length for warmup-cosine")
     add("--decay-epochs", "epochs between decays for exponential")
@@ -371,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--epochs", "total number of epochs (with --resume: continue up to this)")
     add("--batch-size", "mini-batch size")
     add("--validation-fraction", "fraction of training data held out for validation, in [0, 1)")
-    t.add_argument("--batchnorm", action="store_const", const=True, default=None, help="batch norm after each hidden affine layer (default: off)")
+    t.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="batch norm after each hidden affine layer (default: off)")
     add("--dropout", "probability of dropping a hidden unit, in [0, 1)")
     add("--dropout-mode", "inverted or textbook")
     add("--weight-decay", "the book's L2 on weights (adamw, lion, adadelta: their decoupled decay)")

@@ -87,21 +87,46 @@ def _is_number(value) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
 
 
+class HyperparameterError(Exception):
+    """A hyperparameter an optimizer (or transform) refuses, raised when it is built. Always a
+    :class:`HyperparameterTypeError` (a ``TypeError``: not a number, a schedule where none may be)
+    or a :class:`HyperparameterValueError` (a ``ValueError``: NaN or out of range), whose message
+    names both; the attributes carry the same facts for code: ``optimizer`` (``"adam"``),
+    ``argument`` (``"b1"``), ``expected`` (``"in [0, 1)"``, ``"True or False"``) and ``found``
+    (the value given)."""
+
+    def __init__(self, message, *, optimizer=None, argument=None, expected=None, found=None):
+        super().__init__(message)
+        self.optimizer, self.argument, self.expected, self.found = optimizer, argument, expected, found
+
+
+class HyperparameterTypeError(HyperparameterError, TypeError):
+    """A hyperparameter of the wrong type (see :class:`HyperparameterError`)."""
+
+
+class HyperparameterValueError(HyperparameterError, ValueError):
+    """A hyperparameter that is NaN or out of range (see :class:`HyperparameterError`)."""
+
+
 def _check(owner: str, name: str, value, lo=None, hi=None, *, lo_open=False, hi_open=False,
            schedule=True) -> None:
     """Check that ``owner``'s hyperparameter ``name`` is a real scalar (or, when ``schedule``, a
     callable), then its range if it is concrete: tracers are only type-checked, never read."""
+    facts = {"optimizer": owner, "argument": name, "found": value}
     if callable(value):
         if schedule:
             return
-        raise TypeError(f"{owner}: {name} must be {NUMBER} (it cannot be a schedule); found {_describe(value)}")
+        raise HyperparameterTypeError(f"{owner}: {name} must be {NUMBER} (it cannot be a schedule); found "
+                                      f"{_describe(value)}", expected=NUMBER, **facts)
     if not _is_number(value):
-        raise TypeError(f"{owner}: {name} must be {SCHEDULABLE if schedule else NUMBER}; found {_describe(value)}")
+        expected = SCHEDULABLE if schedule else NUMBER
+        raise HyperparameterTypeError(f"{owner}: {name} must be {expected}; found {_describe(value)}",
+                                      expected=expected, **facts)
     if isinstance(value, jax.core.Tracer):
         return
     v = float(value)
     if v != v:
-        raise ValueError(f"{owner}: {name} must not be NaN")
+        raise HyperparameterValueError(f"{owner}: {name} must not be NaN", expected="a number, not NaN", **facts)
     ok = True
     if lo is not None:
         ok &= v > lo if lo_open else v >= lo
@@ -112,13 +137,15 @@ def _check(owner: str, name: str, value, lo=None, hi=None, *, lo_open=False, hi_
         right = ")" if hi_open else "]"
         lo_s = "-inf" if lo is None else lo
         hi_s = "inf" if hi is None else hi
-        raise ValueError(f"{owner}: {name} must be in {left}{lo_s}, {hi_s}{right}; got {value}")
+        expected = f"in {left}{lo_s}, {hi_s}{right}"
+        raise HyperparameterValueError(f"{owner}: {name} must be {expected}; got {value}", expected=expected, **facts)
 
 
 def _check_flag(owner: str, name: str, value) -> None:
     """A switch must be ``True`` or ``False``: a string "False" would otherwise read as true."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{owner}: {name} must be True or False; found {_describe(value)}")
+        raise HyperparameterTypeError(f"{owner}: {name} must be True or False; found {_describe(value)}",
+                                      optimizer=owner, argument=name, expected="True or False", found=value)
 
 
 def _check_optimizer(owner: str, name: str, value) -> None:

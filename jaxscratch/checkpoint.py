@@ -73,7 +73,15 @@ _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip's epoch: same tree, same bytes
 
 
 class CheckpointError(ValueError):
-    """A file that is not a checkpoint, is damaged, or does not fit the template."""
+    """A file that is not a checkpoint, is damaged, or does not fit the template.
+
+    When leaves do not fit (right paths, other shapes or dtypes), ``mismatches`` holds every
+    mismatched leaf's description and ``summary`` the message without them; the message lists
+    the first ten. Otherwise ``mismatches`` is empty and ``summary`` is the message."""
+
+    def __init__(self, message, *, summary=None, mismatches=()):
+        super().__init__(message)
+        self.summary, self.mismatches = message if summary is None else summary, tuple(mismatches)
 
 
 def _after_leaf(index: int) -> None:
@@ -343,7 +351,9 @@ def _check_fit(path: str, entries: list[dict], expected: list[tuple[str, tuple, 
                 if (e["dtype"], tuple(e["shape"])) != (dtype, shape)]
     if problems:
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise CheckpointError(f"{path} does not fit the model ({hint}):\n  " + "\n  ".join(problems[:10]) + more)
+        summary = f"{path} does not fit the model ({hint})"
+        raise CheckpointError(f"{summary}:\n  " + "\n  ".join(problems[:10]) + more, summary=summary,
+                              mismatches=problems)
 
 
 def _read_leaves(zf: zipfile.ZipFile, manifest: dict, path: str) -> list[np.ndarray]:

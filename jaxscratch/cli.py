@@ -7,7 +7,7 @@ whole state, the configuration and history), ``best.npz`` (the best-validation s
 
 Contract:
   * Every flag is checked as it is parsed: its type (ints in ASCII digits, finite numbers,
-    true/false), its range, and named choices (the valid ones listed). A flag that does not
+    switches as --flag/--no-flag), its range, and named choices (the valid ones listed). A flag that does not
     apply to the chosen optimizer, schedule or dataset is an error, never silently ignored. A
     run's stored configuration is checked the same way when it is read back.
   * Every error a user can cause (a bad flag, a missing, damaged or foreign file, data that do
@@ -40,7 +40,6 @@ Contract:
 """
 from __future__ import annotations
 
-import argparse  # noqa: F401: the flag types raise argparse.ArgumentTypeError (tests reach it as cli.argparse)
 import contextlib
 import fcntl
 import functools
@@ -65,7 +64,6 @@ import numpy as np
 from jaxscratch import __version__, checkpoint, compile_cache, data, devices, nn, optim, sweep, train
 from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS, UsageError, _flag, _init_scale,
                                _widths, build_optimizer, build_parser, data_parallel, stored_config, train_config)
-from jaxscratch._flags import SEED_MAX, TRAIN_TYPES, _bool, _float, _hidden, _int  # noqa: F401: re-exported for tests
 
 CHECKPOINT, BEST, METRICS, FIGURE = "checkpoint.npz", "best.npz", "metrics.json", "training.png"
 RUN_FILES = (CHECKPOINT, BEST, METRICS, FIGURE)
@@ -493,7 +491,7 @@ def cmd_train(args) -> int:
         try:
             restored = checkpoint.restore(ckpt, like={"state": template, "best": template})
         except (checkpoint.CheckpointError, OSError) as err:
-            raise UsageError(f"--resume: {_first_problem(str(err))}") from None
+            raise UsageError(f"--resume: {_first_problem(err)}") from None
         state, best = restored["state"], restored["best"]
         history = meta["history"]
     created = _make_dirs(out)  # every input is checked: now the run may write
@@ -624,12 +622,11 @@ def _maybe_figure(history, path, title):
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def _first_problem(text: str) -> str:
-    """A checkpoint's list of mismatched leaves, cut to the first one and a count."""
-    lines = text.splitlines()
-    more = re.search(r"\.\.\. and (\d+) more", lines[-1])
-    count = sum(line.strip().startswith("leaf ") for line in lines) + (int(more.group(1)) if more else 0)
-    return text if count < 2 else f"{lines[0]} {lines[1].strip()}; and {count - 1} more leaves like it"
+def _first_problem(err) -> str:
+    """A checkpoint error (or ``OSError``) in one line: a list of mismatched leaves cut to the first
+    one and a count."""
+    leaves = getattr(err, "mismatches", ())
+    return str(err) if len(leaves) < 2 else f"{err.summary}: {leaves[0]}; and {len(leaves) - 1} more leaves like it"
 
 
 class _LoadedRun(NamedTuple):
@@ -655,7 +652,7 @@ def _load_run(run_dir, which=BEST, *, debug=False) -> _LoadedRun:
     try:
         state = checkpoint.restore(path, like={"state": template, "best": template})["state"]
     except (checkpoint.CheckpointError, OSError) as err:
-        raise UsageError(_first_problem(str(err))) from None
+        raise UsageError(_first_problem(err)) from None
     return _LoadedRun(cfg, sizes, input_shape, model, state, meta)
 
 

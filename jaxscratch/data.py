@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscratch import _idx, _npz
-from jaxscratch._idx import IDX_FILES, DataError, read_idx  # noqa: F401: part of this module's API
+from jaxscratch._idx import IDX_FILES, DataError, read_idx  # part of this module's API (__all__)
 
 __all__ = [
     "DataError", "Dataset", "FASHION_MNIST_MD5", "FASHION_MNIST_MIRRORS",

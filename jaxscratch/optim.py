@@ -37,7 +37,9 @@ for code that wants to change them between steps of an already-compiled ``update
 Every hyperparameter is type-checked when the optimizer is built: a string, ``None``, a bool, a
 list, a complex number or a non-scalar array raises a ``TypeError`` naming the optimizer and the
 argument. Range checks (``learning_rate >= 0``, ``0 <= b1 < 1``, ...) run on concrete values
-only, so they never break tracing.
+only, so they never break tracing. Both errors are a :class:`HyperparameterError` too
+(``HyperparameterTypeError``, ``HyperparameterValueError``), whose attributes ``optimizer``,
+``argument``, ``expected`` and ``found`` say the same for code that reports it its own way.
 
 Layout: the :class:`Optimizer` pair, ``apply_updates`` and the wrappers that compose optimizers
 (``chain``, ``add_decayed_weights``, ``clip_by_global_norm``, ``inject_hyperparams``,
@@ -57,17 +59,17 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxscratch._transforms import (ApplyIfFiniteState, EmptyState, InjectState, Optimizer, OptState, Params,
-                                    ScheduleState, Updates, _as, _at, _check, _check_flag, _count_if_scheduled,
-                                    _decay_weights, _increment, _zeros_count, _zeros_like, add_decayed_weights,
-                                    apply_if_finite, apply_updates, chain, clip_by_global_norm,
-                                    inject_hyperparams)
+from jaxscratch._transforms import (ApplyIfFiniteState, EmptyState, HyperparameterError, HyperparameterTypeError,
+                                    HyperparameterValueError, InjectState, Optimizer, OptState, Params, ScheduleState,
+                                    Updates, _as, _at, _check, _check_flag, _count_if_scheduled, _decay_weights,
+                                    _increment, _zeros_count, _zeros_like, add_decayed_weights, apply_if_finite,
+                                    apply_updates, chain, clip_by_global_norm, inject_hyperparams)
 
 __all__ = [
     "Optimizer", "EmptyState", "ScheduleState", "InjectState", "ApplyIfFiniteState", "apply_updates", "apply_if_finite", "chain",
     "add_decayed_weights", "clip_by_global_norm", "inject_hyperparams", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
     "adamw", "nadam", "adamax", "lion", "adadelta", "scale_by_adam", "scale_by_adamax", "OPTIMIZERS",
-    "Params", "Updates", "OptState",
+    "Params", "Updates", "OptState", "HyperparameterError", "HyperparameterTypeError", "HyperparameterValueError",
 ]
 
 

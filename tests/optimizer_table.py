@@ -9,8 +9,9 @@ Each case pairs a jaxscratch optimizer with its references:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np

@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("flax")
 pytest.importorskip("equinox")
-import equinox as eqx  # noqa: E402
-import flax.linen as linen  # noqa: E402
-from flax import nnx  # noqa: E402
+import equinox as eqx  # noqa: E402 (after the importorskip that guards them)
+import flax.linen as linen  # noqa: E402 (after the importorskip that guards them)
+from flax import nnx  # noqa: E402 (after the importorskip that guards them)
 
-from jaxscratch import _adapters, nn  # noqa: E402
+from jaxscratch import _adapters, nn  # noqa: E402 (after the importorskip that guards them)
 
 BATCH = 6  # tiny: the whole file runs in seconds; > 1 so batch statistics mean something
 
@@ -227,7 +227,7 @@ def make_stateful(mode):
 
 def reference_train(net, state, x, key):
     keys = jax.random.split(key, x.shape[0])
-    call = lambda x_i, state, key_i: net(x_i, state, key=key_i)  # noqa: E731 (key is keyword-only)
+    call = lambda x_i, state, key_i: net(x_i, state, key=key_i)  # (key is keyword-only)
     return jax.vmap(call, axis_name="batch", in_axes=(0, None, 0), out_axes=(0, None))(x, state, keys)
 
 

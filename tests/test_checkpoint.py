@@ -230,6 +230,24 @@ def test_wrong_dtype_names_the_leaf(ckpt, state):
     assert "leaf ['old_key']: checkpoint has uint32 (2,), the model expects key<fry> ()" in str(info.value)
 
 
+def test_mismatched_leaves_are_carried_on_the_error(tmp_path):
+    """Every mismatched leaf is on the exception (the message shows ten), so callers such as the
+    command line count and cut them without reading the message."""
+    path = tmp_path / "many.npz"
+    checkpoint.save(path, [jnp.zeros(2) for _ in range(13)])
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.restore(path, [jnp.zeros(3) for _ in range(13)])
+    err = info.value
+    assert len(err.mismatches) == 13
+    assert err.mismatches[12] == "leaf [12]: checkpoint has float32 (2,), the model expects float32 (3,)"
+    assert err.summary.startswith(f"{path} does not fit the model (") and "\n" not in err.summary
+    assert str(err).startswith(err.summary + ":\n  " + err.mismatches[0])
+    assert str(err).endswith("\n  ... and 3 more") and err.mismatches[10] not in str(err)
+    with pytest.raises(CheckpointError) as info:  # other errors: no list, the summary is the message
+        checkpoint.restore(path, [jnp.zeros(2)])
+    assert info.value.mismatches == () and info.value.summary == str(info.value)
+
+
 def test_extra_and_missing_leaves_name_the_first_difference(ckpt, state):
     n = len(jax.tree.leaves(state))
     extra = {**state, "ema": jnp.zeros(3)}

@@ -86,7 +86,7 @@ def _run_two_processes(tmp_path, seeds=(0, 0)):
             p.kill()
         logs = [p.communicate()[0] for p in procs]
         raise AssertionError("the two processes did not finish in 120 s:\n" + "\n".join(
-            f"--- process {i}\n{log[-3000:]}" for i, log in enumerate(logs)))
+            f"--- process {i}\n{log[-3000:]}" for i, log in enumerate(logs))) from None
     return [p.returncode for p in procs], logs, outs
 
 

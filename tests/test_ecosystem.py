@@ -15,7 +15,7 @@ from jaxscratch.testing import assert_trees_close
 flax = pytest.importorskip("flax")
 eqx = pytest.importorskip("equinox")
 from flax import linen, nnx  # noqa: E402  (after the importorskip that guards them)
-from flax.training import train_state  # noqa: E402
+from flax.training import train_state  # noqa: E402 (after the importorskip that guards them)
 
 STEPS = 40
 # Ours and optax's round differently in the last bit (a few float32 ulps per step); the gradients

@@ -164,7 +164,7 @@ def test_tree_get_and_tree_set_behave_as_on_the_optax_chain(name, key):
         else:
             _close(got, got_ref)
     # tree_set: both refuse a key they lack; where both have one count, set it and step on alike
-    for opt, state in ((ours_opt, ours), (ref_opt, ref)):
+    for state in (ours, ref):
         with pytest.raises(KeyError):
             optax.tree_utils.tree_set(state, no_such_field=0)
     if len(optax.tree_utils.tree_get_all_with_path(ref, "count")) == 1:
@@ -192,7 +192,7 @@ def test_the_documented_count_differences_from_optax(key):
     """Where our states deliberately hold fewer counts than optax's: Adam with a schedule reads
     its own count (optax adds the schedule's), and lion keeps none (optax's is never read)."""
     params = _params(key)
-    count_paths = lambda opt: optax.tree_utils.tree_get_all_with_path(opt.init(params), "count")  # noqa: E731
+    count_paths = lambda opt: optax.tree_utils.tree_get_all_with_path(opt.init(params), "count")
     assert len(count_paths(optim.adam(_sched()))) == 1 and len(count_paths(optax.adam(_sched()))) == 2
     assert len(count_paths(optim.lion(1e-4))) == 0 and len(count_paths(optax.lion(1e-4))) == 1
 

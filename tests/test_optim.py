@@ -1,5 +1,7 @@
 """Generic optimizer checks, driven by the one table in ``optimizer_table.py``."""
 import inspect
+import math
+import pickle
 import re
 
 import jax
@@ -224,7 +226,7 @@ def test_converges_on_quadratic_and_rosenbrock(name):
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_a_schedule_brings_one_count_and_is_evaluated_at_it(name):
     params, grads = {"w": jnp.linspace(-1.0, 1.0, 4)}, {"w": jnp.ones(4)}
-    lr = lambda count: jnp.where(count < 2, 0.1, 0.01)  # noqa: E731
+    lr = lambda count: jnp.where(count < 2, 0.1, 0.01)
     opt = FACTORIES[name](learning_rate=lr)
     state, ref_state = opt.init(params), FACTORIES[name](learning_rate=0.1).init(params)
     assert [int(c) for c in counts(state)] == [0]
@@ -367,6 +369,42 @@ def test_inject_hyperparams_evaluates_schedules(key):
 def test_bad_hyperparameters_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call, kind, facts",
+    [
+        (lambda: optim.adam(b1=1.5), optim.HyperparameterValueError, ("adam", "b1", "in [0, 1)", 1.5)),
+        (lambda: optim.sgd(-0.1), ValueError, ("sgd", "learning_rate", "in [0, inf]", -0.1)),
+        (lambda: optim.clip_by_global_norm(0.0), ValueError, ("clip_by_global_norm", "max_norm", "in (0, inf]", 0.0)),
+        (lambda: optim.rmsprop(decay=float("nan")), ValueError, ("rmsprop", "decay", "a number, not NaN", "nan")),
+        (lambda: optim.adam(b2="0.9"), optim.HyperparameterTypeError,
+         ("adam", "b2", "a number, a JAX scalar or a schedule (a callable count -> value)", "0.9")),
+        (lambda: optim.adagrad(eps=lambda count: 0.1), TypeError, ("adagrad", "eps", "a number or a JAX scalar", None)),
+        (lambda: optim.adagrad(eps_in_sqrt="yes"), TypeError, ("adagrad", "eps_in_sqrt", "True or False", "yes")),
+    ],
+)
+def test_bad_hyperparameters_carry_their_facts(call, kind, facts):
+    """Code reads which optimizer, argument, expectation and value from the error's attributes (as
+    the command line does, to name its flag), never from its text; the type stays TypeError or
+    ValueError."""
+    with pytest.raises(kind) as info:
+        call()
+    err = info.value
+    assert isinstance(err, optim.HyperparameterError)
+    assert isinstance(err, TypeError) != isinstance(err, ValueError)
+    optimizer, argument, expected, found = facts
+    assert (err.optimizer, err.argument, err.expected) == (optimizer, argument, expected)
+    assert str(err).startswith(f"{optimizer}: {argument} must ")
+    if found == "nan":
+        assert math.isnan(err.found)
+    elif found is not None:
+        assert err.found == found
+    else:
+        assert callable(err.found)
+        return  # a lambda does not pickle
+    clone = pickle.loads(pickle.dumps(err))  # e.g. out of a worker process: the facts survive
+    assert (type(clone), str(clone), clone.argument, clone.expected) == (type(err), str(err), argument, expected)
 
 
 def _hyperparameters(factory):

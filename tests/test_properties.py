@@ -3,6 +3,7 @@
 Deadlines are off (the first call of a jitted function compiles) and the example database is
 off, so nothing is written into the repository and every run draws afresh.
 """
+import argparse
 import atexit
 import contextlib
 import gzip
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.extra import numpy as hnp
 
-from jaxscratch import cli, data, optim
+from jaxscratch import _flags, cli, data, optim
 from jaxscratch.data import DataError
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="jaxscratch-properties-"))
@@ -53,7 +54,7 @@ def reference_idx(blob: bytes):
     if blob[:2] == b"\x1f\x8b":
         try:
             blob = gzip.decompress(blob)
-        except Exception:  # noqa: BLE001: whatever stops gzip makes the file invalid
+        except Exception:  # noqa: BLE001 (whatever stops gzip makes the file invalid)
             return None
     if len(blob) < 4 or blob[0] or blob[1] or blob[2] not in IDX_TYPES or not 1 <= blob[3] <= 4:
         return None
@@ -204,8 +205,8 @@ texts = st.one_of(st.text(max_size=12), ascii_numbers, st.sampled_from(
 def accepted(parse, text):
     try:
         return parse(text)
-    except Exception as err:  # noqa: BLE001: only ArgumentTypeError may come out
-        assert isinstance(err, cli.argparse.ArgumentTypeError), err
+    except Exception as err:  # noqa: BLE001 (only ArgumentTypeError may come out)
+        assert isinstance(err, argparse.ArgumentTypeError), err
         assert repr(text) in str(err) and str(err).startswith("expected ")
         return None
 
@@ -213,28 +214,27 @@ def accepted(parse, text):
 @given(texts)
 @settings(max_examples=300)
 def test_int_and_float_accept_exactly_plain_finite_numbers(text):
-    assert accepted(cli._int, text) == python_int(text)
-    out = accepted(cli._float, text)
+    assert accepted(_flags._int, text) == python_int(text)
+    out = accepted(_flags._float, text)
     assert (out is None and python_float(text) is None) or out == python_float(text)
 
 
-@given(st.text(max_size=8))
-def test_bool_accepts_exactly_six_words(text):
-    words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-    assert accepted(cli._bool, text) == words.get(text.lower())
+@given(st.one_of(st.booleans(), st.integers(-1, 2), st.none(), texts))
+def test_a_stored_switch_is_exactly_a_boolean(value):
+    assert accepted(_flags._switch, value) == (value if isinstance(value, bool) else None)
 
 
 @given(st.lists(st.one_of(st.integers(-3, 300).map(str), texts), min_size=1, max_size=4).map(",".join))
 def test_hidden_accepts_exactly_positive_int_lists(text):
     items = [python_int(s.strip()) for s in text.split(",")]
     valid = all(n is not None and n >= 1 for n in items)
-    assert (accepted(cli._hidden, text) == text) == valid
+    assert (accepted(_flags._hidden, text) == text) == valid
     if valid:
-        assert cli._widths(text) == tuple(items)
+        assert _flags._widths(text) == tuple(items)
 
 
 INT_FLAGS = {"--epochs": (1, None), "--batch-size": (1, None), "--warmup-epochs": (0, None),
-             "--decay-epochs": (1, None), "--seed": (0, cli.SEED_MAX)}
+             "--decay-epochs": (1, None), "--seed": (0, _flags.SEED_MAX)}
 FLOAT_FLAGS = {"--learning-rate": (0, None, False), "--weight-decay": (0, None, False),
                "--dropout": (0, 1, True), "--validation-fraction": (0, 1, True), "--decay-factor": (0, 1, False)}
 OTHER_FLAGS = ["--optimizer", "--activation", "--schedule", "--dropout-mode", "--sampling", "--dataset",
@@ -246,7 +246,7 @@ def in_range(value, lo, hi, hi_open=False, lo_open=False):
 
 
 def train_type(flag):
-    return cli.TRAIN_TYPES[flag.lstrip("-").replace("-", "_")]
+    return _flags.TRAIN_TYPES[flag.lstrip("-").replace("-", "_")]
 
 
 @given(st.sampled_from(sorted(INT_FLAGS)), st.one_of(st.integers(-2**40, 2**40).map(str), texts))

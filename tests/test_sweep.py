@@ -161,7 +161,7 @@ def test_compare_optimizers_shared_and_own_initial_weights(small):
     sizes = (64, 16, 10)
     opts = {"sgd": optim.sgd(0.1), "adam": optim.adam()}
     index = {name: i for i, name in enumerate(opts)}
-    fresh = lambda name: nn.init_mlp(jax.random.fold_in(jax.random.key(3), index[name]), sizes)  # noqa: E731
+    fresh = lambda name: nn.init_mlp(jax.random.fold_in(jax.random.key(3), index[name]), sizes)
     key = jax.random.key(1)
     own = sweep.compare_optimizers(key, opts, fresh, xt, yt, iterations=20, batch_size=30)
     for name, opt in opts.items():  # each optimizer from its own start, on the batches of the shared protocol

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
-import hashlib
 import http.server
 import io
 import json
@@ -42,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
+import jax.numpy as jnp  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
 
-from jaxscratch import checkpoint, cli, data, nn, optim, train  # noqa: E402
+from jaxscratch import checkpoint, cli, data, nn, optim, train  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
 
 TINY = "--epochs 2 --hidden 8 --batch-size 128 --quiet"  # a finished run in a second or two
 
@@ -98,7 +97,7 @@ CASES = [
     Case(F, "unknown dataset", "train --dataset cifar"),
     Case(F, "bad weight init", "train --weight-init 0"),
     Case(F, "bad hidden widths", "train --hidden 100,,100"),
-    Case(F, "bad true/false", "train --optimizer adagrad --eps-in-sqrt maybe"),
+    Case(F, "a switch given a value (switches are --flag / --no-flag)", "train --optimizer adagrad --eps-in-sqrt true"),
     Case(F, "optimizer flag for another optimizer", "train --momentum 0.5"),
     Case(F, "optimizer hyperparameter out of range", "train --b1 1.5 --out x"),
     Case(F, "optimizer hyperparameter out of range", "train --optimizer momentum --momentum 1 --out x"),
@@ -244,7 +243,7 @@ def _mnist(n_train=20, n_test=5) -> dict:
 
 
 def _idx_folders(root: Path) -> None:
-    gz = lambda b: gzip.compress(b, mtime=0)  # noqa: E731
+    gz = lambda b: gzip.compress(b, mtime=0)
     good = {k: gz(v) for k, v in _mnist().items()}
     labels, images = "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"
     raw_images = _mnist()[images]
@@ -336,7 +335,7 @@ def _model_files(root: Path) -> None:
     (folder / "raises.py").write_text("import math\nWIDTH = math.sqrt(-1)\n")
     (folder / "syntax.py").write_text("def make(input_shape, outputs):\n    return nn.mlp_model((\n")
     (folder / "changing.py").write_text(MODEL_FILE)
-    assert cli.main(shlex.split(f"train --out run-model --model models/changing.py:make --epochs 2 --quiet")) == 0
+    assert cli.main(shlex.split("train --out run-model --model models/changing.py:make --epochs 2 --quiet")) == 0
     (folder / "changing.py").write_text(MODEL_FILE + "\n# edited after training\n")
 
 
@@ -529,7 +528,7 @@ def _run_one(case: Case, urls: dict) -> tuple[str, str]:
         try:
             eval(how.removeprefix("python: "), {"data": data, "checkpoint": checkpoint, "jnp": jnp, "np": np,
                                                 "jax": jax, "nn": nn, "optim": optim, "train": train})
-        except Exception as err:  # noqa: BLE001: the point is to show what a user would see
+        except Exception as err:  # noqa: BLE001 (the point is to show what a user would see)
             return type(err).__name__, str(err)
         return "no error", ""
     err = io.StringIO()
