@@ -194,8 +194,13 @@ def python_float(text):
         value = float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
+    if not math.isfinite(value):
+        return None
+    # training computes in float32: 0, or a size float32 holds as a normal number
+    return value if value == 0 or F32_TINY <= abs(value) <= F32_MAX else None
 
+
+F32_TINY, F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 ascii_numbers = st.from_regex(r"[+-]?[0-9]{0,4}\.?[0-9]{0,4}([eE][+-]?[0-9]{1,3})?", fullmatch=True)
 texts = st.one_of(st.text(max_size=12), ascii_numbers, st.sampled_from(
