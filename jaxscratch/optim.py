@@ -382,6 +382,10 @@ def scale_by_adamax(b1=0.9, b2=0.999, eps=1e-7, *, _name="scale_by_adamax") -> O
     r"""Adamax's direction: :math:`u \leftarrow \max(|g| + \epsilon, \beta_2 u)`, :math:`\hat m / u`.
 
     optax: ``optax.scale_by_adamax(b1, b2, eps)``.
+
+    >>> opt = scale_by_adamax(); u, s = opt.update({"w": jnp.full(1, -2.0)}, opt.init({"w": jnp.zeros(1)}))
+    >>> round(float(u["w"][0]), 4), round(float(s.nu["w"][0]), 4)  # sign(g), and u = |g| + eps
+    (-1.0, 2.0)
     """
     _check(_name, "b1", b1, 0, 1, hi_open=True)
     _check(_name, "b2", b2, 0, 1, hi_open=True)

@@ -30,7 +30,8 @@ def public_functions(module, exclude=()):
 
 
 WITH_EXAMPLES = (
-    [("schedules", n) for n in public_functions(schedules)]
+    [("optim", n) for n in [*optim.OPTIMIZERS, "scale_by_adam", "scale_by_adamax"]]
+    + [("schedules", n) for n in public_functions(schedules)]
     + [("losses", n) for n in ("softmax_cross_entropy", "mse", "sum_squared_error", "l2_penalty", "accuracy",
                                "is_weight")]
 )

@@ -208,6 +208,9 @@ CASES = [
     Case(P, "restore into a model of another shape",
          "python: checkpoint.restore('run/best.npz', like={'w': jnp.zeros((64, 9))})"),
     Case(P, "load_npz: pickled arrays", "python: data.load_npz('npz/pickle.npz')"),
+    Case(P, "an optimizer given a string for a number", "python: optim.adam(learning_rate='0.01')"),
+    Case(P, "rmsprop: nesterov without a momentum", "python: optim.rmsprop(0.01, nesterov=True)"),
+    Case(P, "complex hyperparameter", "python: optim.sgd(learning_rate=0.1 + 0.1j)"),
     Case(P, "fit: parameters where the model goes",
          "python: train.fit(jax.random.key(0), nn.init_mlp(jax.random.key(0), (3, 2)), optim.sgd(), "
          "(np.zeros((4, 3), np.float32), np.zeros(4, np.int32)), epochs=1, batch_size=2)"),
