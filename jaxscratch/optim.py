@@ -179,7 +179,9 @@ def sgd(learning_rate=0.01, momentum=None, nesterov=False) -> Optimizer:
         _check("sgd", "momentum", momentum, 0, 1, hi_open=True)
         return _trace_momentum(learning_rate, momentum, nesterov, SgdState)
     if nesterov:  # optax ignores nesterov=True without momentum; that is plain SGD, surely not meant
-        raise ValueError("sgd: nesterov=True needs a momentum; got momentum=None")
+        raise HyperparameterValueError("sgd: nesterov=True needs a momentum; got momentum=None",
+                                       optimizer="sgd", argument="nesterov", expected="a momentum with it",
+                                       found=nesterov)
 
     def update(grads, state, params, count):
         return _scale(_at(learning_rate, count), grads), state
@@ -297,7 +299,9 @@ def rmsprop(learning_rate=0.01, decay=0.99, eps=1e-7, *, initial_scale=0.0, eps_
     if momentum is not None:
         _check("rmsprop", "momentum", momentum, 0, 1, hi_open=True)
     elif nesterov:
-        raise ValueError("rmsprop: nesterov=True needs a momentum; got momentum=None")
+        raise HyperparameterValueError("rmsprop: nesterov=True needs a momentum; got momentum=None",
+                                       optimizer="rmsprop", argument="nesterov", expected="a momentum with it",
+                                       found=nesterov)
 
     def init(params):  # with momentum, (that state, SgdState(trace)): optax's (..., TraceState)
         nu = _zeros_like(params, initial_scale)

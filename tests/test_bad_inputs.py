@@ -43,8 +43,12 @@ def test_every_named_choice_lists_the_valid_ones(results):
 
 def test_python_calls_raise_the_library_errors(results):
     for r in (r for r in results if r.case.how.startswith("python: ")):
-        expected = ("ValueError", "TypeError") if r.case.how.startswith("python: train.fit") else \
-            ("DataError", "CheckpointError")
+        if r.case.how.startswith("python: train.fit"):
+            expected = ("ValueError", "TypeError")
+        elif r.case.how.startswith("python: optim."):
+            expected = ("HyperparameterError", "HyperparameterTypeError", "HyperparameterValueError")
+        else:
+            expected = ("DataError", "CheckpointError")
         assert r.status in expected and r.message, r
 
 
