@@ -6,9 +6,10 @@ Contract: every function takes NumPy-like data and a ``path``, writes one PNG at
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from jaxscratch import _files
 
 __all__ = ["comparison_figure", "smooth_curve", "training_figure"]
 
@@ -24,16 +25,10 @@ def _figure(**kwargs):
 
 
 def _save(fig, path) -> str:
+    """``fig`` as a PNG at ``path``, atomically, with a plain write's permissions (``_files``)."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with _files.replacing(path) as (f, _):
+        fig.savefig(f, dpi=110, bbox_inches="tight", format="png")
     return path
 
 
