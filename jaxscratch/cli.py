@@ -42,39 +42,30 @@ from __future__ import annotations
 
 import argparse  # noqa: F401: the flag types raise argparse.ArgumentTypeError (tests reach it as cli.argparse)
 import contextlib
-import fcntl
 import functools
-import hashlib
-import importlib.util
-import json
 import os
 import re
 import signal
-import stat
 import sys
-import tempfile
 import time
-import traceback
-import zipfile
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import __version__, checkpoint, compile_cache, data, devices, nn, optim, sweep, train
+from jaxscratch import (__version__, _files, _idx, _inputs, _progress, _rundir as rundir, _usermodel, checkpoint, compile_cache,
+                        data, devices, nn, optim, runlog, sweep, train)
 from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS, UsageError, _flag, _init_scale,
                                _widths, build_optimizer, build_parser, data_parallel, stored_config, train_config)
 from jaxscratch._flags import SEED_MAX, TRAIN_TYPES, _bool, _float, _hidden, _int  # noqa: F401: re-exported for tests
-
-CHECKPOINT, BEST, METRICS, FIGURE = "checkpoint.npz", "best.npz", "metrics.json", "training.png"
-RUN_FILES = (CHECKPOINT, BEST, METRICS, FIGURE)
-
+from jaxscratch._rundir import BEST, CHECKPOINT, FIGURE, JSONL, LOCK, METRICS, RUN_FILES  # noqa: F401: tests, tools
 
 # ----------------------------------------------------------------- configuration
 def _run_meta(path, *, resumable=False) -> dict:
     """A run checkpoint's metadata, its configuration checked (``_flags.stored_config``)."""
-    meta = _read_meta(path)
+    meta = rundir.read_meta(path)
     return dict(meta, config=stored_config(meta, path, resumable=resumable))
 
 
@@ -118,51 +109,7 @@ def _model(cfg, sizes, input_shape, *, sha256=None, debug=False) -> tuple[nn.Mod
     if cfg.get("model") is None:
         return nn.mlp_model(sizes, activation=cfg["activation"], weight_init=_init_scale(cfg["weight_init"]),
                             batchnorm=cfg["batchnorm"], drop_rate=cfg["dropout"], dropout_mode=cfg["dropout_mode"]), None
-    return _user_model(cfg["model"], tuple(input_shape), sizes[-1], sha256=sha256, debug=debug)
-
-
-_RAW_SCALE = {"digits": 16, "mnist": 255, "fashion-mnist": 255}  # what data.py divides their integer images by
-
-
-def _npz_integer_images(path) -> bool:
-    """Whether an .npz's ``x_train`` holds integers (which ``data.load_npz`` divides by 255): read
-    from the member's ``.npy`` header alone."""
-    try:
-        with zipfile.ZipFile(path) as z, z.open("x_train.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            return bool(np.issubdtype(read(f)[2], np.integer))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return False
-
-
-def _provenance(cfg, ds) -> dict:
-    """What a run stores of its data, so that later commands can check it and do the same: the
-    SHA-256 of the arrays it trained on (as loaded: after scaling and flattening) and the
-    preprocessing (integer images divided by ``scale``; the training inputs' range after it)."""
-    name = cfg["dataset"]
-    scale = _RAW_SCALE.get(name) or (255 if name.endswith(".npz") and _npz_integer_images(name) else None)
-    x = ds.x_train
-    return {"data_sha256": _data_digest(ds),
-            "preprocessing": {"integer_inputs_divided_by": scale, "input_range": [float(x.min()), float(x.max())]}}
-
-
-def _data_digest(ds) -> str:
-    h = hashlib.sha256()
-    for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.reshape(-1).view(np.uint8))
-    return h.hexdigest()
-
-
-def _check_same_data(meta, cfg, ds, during: str) -> None:
-    """Refuse data whose arrays differ from those the run was trained on (runs that predate the
-    checksum are not checked)."""
-    stored = meta.get("data_sha256")
-    if stored is not None and (now := _data_digest(ds)) != stored:
-        raise UsageError(f"{during}{cfg['dataset']} changed since the run was trained (SHA-256 of its arrays "
-                         f"{stored[:12]}..., now {now[:12]}...); use the data it was trained on, or train a new run")
+    return _usermodel.user_model(cfg["model"], tuple(input_shape), sizes[-1], sha256=sha256, debug=debug)
 
 
 def _template(cfg, model, optimizer):
@@ -171,297 +118,20 @@ def _template(cfg, model, optimizer):
     return train.init_state(key, params, optimizer, model_state)
 
 
-# ----------------------------------------------------------------- a user's model file
-def _absolute_model(spec: str) -> str:
-    """``FILE.py:FUNCTION`` with the file's absolute path (a run must find it from anywhere)."""
-    path, _, func = spec.rpartition(":")
-    return f"{os.path.abspath(path)}:{func}"
-
-
-def _user_model(spec: str, input_shape: tuple, outputs: int, *, sha256=None, debug=False):
-    """Import ``FILE.py``, call ``FUNCTION(input_shape, outputs)``; an error in the file is one
-    line naming it and the line (its own traceback with ``--debug``)."""
-    path, _, func = spec.rpartition(":")
-    try:
-        with open(path, "rb") as f:
-            source = f.read()
-    except OSError as err:
-        raise UsageError(f"cannot read the model file {path}: {err.strerror or err}") from None
-    digest = hashlib.sha256(source).hexdigest()
-    if sha256 is not None and digest != sha256:
-        raise UsageError(f"the model file {path} changed since the run was trained (SHA-256 {sha256[:12]}..., now "
-                         f"{digest[:12]}...); restore that version of the file or train a new run")
-    name = "_jaxscratch_model_" + hashlib.sha256(f"{path}\0{digest}".encode()).hexdigest()[:16]  # file and content
-    stage = "while it was imported"
-    try:
-        module = sys.modules.get(name)
-        if module is None:
-            spec_ = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec_)
-            sys.modules[name] = module  # dataclasses (flax modules) look their module up while the file runs
-            try:
-                spec_.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[name]
-                raise
-        if not callable(getattr(module, func, None)):
-            found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
-                           and getattr(v, "__module__", None) == name)
-            raise UsageError(f"the model file {path} has no function {func!r}; it defines {', '.join(found) or 'none'}")
-        stage = f"in {func}{input_shape, outputs}"
-        model = getattr(module, func)(input_shape, outputs)
-    except UsageError:
-        raise
-    except Exception as err:  # anything the user's code raises, SyntaxError included
-        if debug:
-            traceback.print_exception(err, file=sys.stderr)
-        raise UsageError(_user_error(path, stage, err, debug)) from None
-    if not isinstance(model, nn.Model):
-        raise UsageError(f"{func}() in the model file {path} must return an nn.Model (nn.mlp_model, nn.from_flax, "
-                         f"nn.from_equinox or nn.Model(init, apply)); it returned {type(model).__name__}")
-    return model, digest
-
-
-def _user_error(path, stage, err, debug) -> str:
-    line = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else next(
-        (f.lineno for f in reversed(traceback.extract_tb(err.__traceback__)) if f.filename == path), None)
-    where = f" at line {line}" if line else ""
-    text = str(err).splitlines()[0] if str(err) else ""
-    hint = "" if debug else "; pass --debug for its traceback"
-    return f"the model file {path} failed{where} {stage}: {type(err).__name__}: {text}{hint}"
-
-
-# ----------------------------------------------------------------- files
-def _check_target(path, flag, *, run_dir=None, inputs=(), force=False) -> None:
-    """Refuse, before any work, an output file whose folder is missing or that is a folder, one of
-    the run's own files (or an input), and an existing file unless ``force``. A device or a FIFO
-    (``/dev/null``, ``/dev/stdout``) is fine: :func:`_write_file` writes into it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder):
-        raise UsageError(f"{flag} {path}: expected a file in an existing folder; "
-                         f"{'it is a folder' if os.path.isdir(path) else f'no folder {folder}'}")
-    for name in RUN_FILES if run_dir is not None else ():
-        if _same_file(path, os.path.join(run_dir, name)):
-            raise UsageError(f"{flag} {path}: expected a file outside the run; it is the run's own {name}, which "
-                             f"it would destroy; choose another file")
-    for other in inputs:
-        if _same_file(path, other):
-            raise UsageError(f"{flag} {path}: expected a new file; it is the input file {other}; choose another file")
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:  # no such file (the usual case), or one the write will report
-        return
-    if stat.S_ISREG(mode) and not force:
-        raise UsageError(f"{flag} {path}: the file exists; pass --force to replace it")
-
-
-def _same_file(a, b) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)  # a hard link, say
-    except OSError:
-        return False
-
-
-def _make_dirs(path, flag="--out") -> list[str]:
-    """Create the folder ``path``; return the folders this created, outermost first."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{flag} {path}: expected a folder; found a file")
-    created, p = [], os.path.abspath(path)
-    while not os.path.exists(p):
-        created, p = [p, *created], os.path.dirname(p)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create {flag} {path}: {err.strerror or err}") from None
-    return created
-
-
-def _write_file(path, write, what) -> None:
-    """``write(binary file)`` into a temporary file beside ``path``, then rename it onto ``path``
-    (onto the file a symlink points to). Into a device or a FIFO (``/dev/null``) it writes in
-    place: a rename would replace the device itself."""
-    tmp = None
-    try:
-        try:
-            special = not stat.S_ISREG(os.stat(path).st_mode)
-        except FileNotFoundError:
-            special = False
-        if special:
-            with open(path, "wb") as f:
-                write(f)
-            return
-        target = os.path.realpath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, target)
-    except OSError as err:
-        raise UsageError(f"cannot write {what}{' ' if what else ''}{path}: {err.strerror or err}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-
-
-LOCK = ".lock"  # in --out while a train runs: holds its pid, locked (flock) until the process ends
-_TEMPORARY = re.compile(r"\.tmp-.*|\..+\.[0-9a-f]{12}\.tmp")  # _write_file's and plot's; checkpoint._create_temp's
-
-
-def _lock_run(out) -> int:
-    """Lock the run folder ``out`` for this process (``fcntl.flock`` on ``out/.lock``, which the OS
-    releases when the process ends, killed or not); refuse a folder another process holds."""
-    path = os.path.join(out, LOCK)
-    for _ in range(10):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise UsageError(f"cannot create the lock file {path}: {err.strerror or err}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            pid = os.read(fd, 32).decode(errors="replace").strip() if isinstance(err, BlockingIOError) else ""
-            os.close(fd)
-            if isinstance(err, BlockingIOError):
-                raise UsageError(f"--out {out}: another jaxscratch train is using this run folder"
-                                 f"{f' (pid {pid})' if pid.isdigit() else ''}; wait for it or choose another --out") from None
-            raise UsageError(f"cannot lock {path}: {err.strerror or err}") from None
-        try:  # the holder before us may have removed the file as we opened it: lock the one in the folder
-            here, mine = os.stat(path), os.fstat(fd)
-            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                return fd
-        except OSError:
-            pass
-        os.close(fd)
-    raise UsageError(f"--out {out}: cannot lock the run folder ({path} keeps changing); try again")
-
-
-def _unlock_run(fd, out) -> None:
-    """Remove ``out/.lock`` (still under the lock) and release it."""
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(out, LOCK))
-        os.close(fd)
-
-
-def _remove_temporaries(out) -> None:
-    """Delete the temporary files a killed save left in ``out`` (the lock is held: none is in use)."""
-    for name in os.listdir(out):
-        full = os.path.join(out, name)
-        if _TEMPORARY.fullmatch(name) and os.path.isfile(full) and not os.path.islink(full):
-            with contextlib.suppress(OSError):
-                os.unlink(full)
-
-
-class _Tolerant:
-    """A text stream passing writes to ``stream`` until one fails (``| head`` closed the pipe, a
-    full disk), then dropping them: a run goes on and saves when its terminal goes away. The
-    stream's file descriptor then points at ``os.devnull``, so Python's last flush at exit
-    succeeds instead of printing an ignored BrokenPipeError."""
-
-    def __init__(self, stream):
-        self._stream, self.failed = stream, False
-
-    def write(self, text):
-        if not self.failed:
-            try:
-                return self._stream.write(text)
-            except OSError:
-                self._fail()
-        return len(text)
-
-    def flush(self):
-        if not self.failed:
-            try:
-                self._stream.flush()
-            except OSError:
-                self._fail()
-
-    def _fail(self):
-        self.failed = True
-        try:
-            fd = self._stream.fileno()
-        except (OSError, ValueError, AttributeError):  # a StringIO, say: nothing to redirect
-            return
-        with contextlib.suppress(OSError):
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, fd)
-            os.close(null)
-        with contextlib.suppress(Exception):
-            self._stream.flush()  # what it still buffered goes to os.devnull
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def _tolerant_output():
-    """``sys.stdout`` and ``sys.stderr`` as :class:`_Tolerant` streams while a command runs."""
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (None if s is None else _Tolerant(s) for s in saved)
-    try:
-        yield
-    finally:
-        for s in (sys.stdout, sys.stderr):
-            if s is not None:
-                s.flush()
-        sys.stdout, sys.stderr = saved
-
-
-def _write_json(path, obj, what="") -> None:
-    text = json.dumps(_json_safe(obj), indent=1, allow_nan=False)
-    _write_file(path, lambda f: f.write(text.encode()), what)
-
-
-def _json_safe(obj):
-    """``obj`` with every NaN or Inf (a skipped step's loss) as None: standard JSON has no NaN."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _history_json(history) -> dict:
-    return {k: np.asarray(v).tolist() for k, v in history.items()}
-
-
-def _read_meta(path):
-    try:
-        return checkpoint.load_metadata(path)
-    except (checkpoint.CheckpointError, OSError) as err:
-        raise UsageError(str(err)) from None
-
-
 # ----------------------------------------------------------------- commands
-def _signature(path):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
 def cmd_train(args) -> int:
     out = args.out
     ckpt = os.path.join(out, CHECKPOINT)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: expected a folder; found a file")
     if args.model is not None:
-        args.model = _absolute_model(args.model)  # stored, and compared on --resume, as an absolute path
+        args.model = _usermodel.absolute_model(args.model)  # stored, and compared on --resume, as an absolute path
     if args.dataset is not None and args.dataset.endswith(".npz"):
         args.dataset = os.path.abspath(args.dataset)  # likewise: evaluate from another folder reads this file
     if args.resume:
         if not os.path.exists(ckpt):
             raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
-        saved = _signature(ckpt)  # the checkpoint read here; another train may replace it before the lock
+        saved = rundir.signature(ckpt)  # the checkpoint read here; another train may replace it before the lock
         meta = _run_meta(ckpt, resumable=True)  # read once: the configuration now, the history after restoring
         stored = meta["config"]
         for k in list(DEFAULTS) + OPT_FLAGS:
@@ -479,7 +149,10 @@ def cmd_train(args) -> int:
             raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         cfg = train_config(args)
     cfg["devices"], mesh = data_parallel(cfg)  # "all" is stored as the number it meant
-    ds, (xt, yt), (xv, yv) = load_data(cfg)
+    display = _progress.Display(sys.stdout, quiet=args.quiet, epochs=cfg["epochs"])
+    with display:  # closed again by _train; here it shows the loading
+        display.phase(_loading_text(cfg))
+        ds, (xt, yt), (xv, yv) = load_data(cfg)
     steps_per_epoch = len(xt) // cfg["batch_size"]
     if steps_per_epoch < 1:
         raise UsageError(f"--batch-size {cfg['batch_size']} exceeds the {len(xt)} training examples")
@@ -489,7 +162,7 @@ def cmd_train(args) -> int:
         raise UsageError(f"--resume: the run's model has layer sizes {meta['sizes']} but {cfg['dataset']} now "
                          f"gives {sizes}; the dataset changed since the run began")
     if args.resume:
-        _check_same_data(meta, cfg, ds, "--resume: ")
+        _inputs.check_same_data(meta, cfg, ds, "--resume: ")
     model, sha = _model(cfg, sizes, ds.x_train.shape[1:], sha256=meta.get("model_sha256") if args.resume else None,
                         debug=args.debug)
     _check_memory(model, optimizer, cfg)
@@ -502,29 +175,47 @@ def cmd_train(args) -> int:
             raise UsageError(f"--resume: {_first_problem(str(err))}") from None
         state, best = restored["state"], restored["best"]
         history = meta["history"]
-    created = _make_dirs(out)  # every input is checked: now the run may write
+    created = rundir.make_dirs(out)  # every input is checked: now the run may write
     lock = None
     try:
-        lock = _lock_run(out)  # one train per folder; released however this process ends
-        if args.resume and _signature(ckpt) != saved:
+        lock = rundir.lock_run(out)  # one train per folder; released however this process ends
+        if args.resume and rundir.signature(ckpt) != saved:
             raise UsageError(f"--resume: {ckpt} changed while this command started (another jaxscratch train "
                              f"saved it); run the command again")
         if not args.resume and (os.path.exists(ckpt) or os.path.exists(os.path.join(out, METRICS))):
             raise UsageError(f"{out} already holds a run (another jaxscratch train saved it while this command "
                              f"started); pass --resume to continue it or choose another --out")
-        _remove_temporaries(out)  # left by a killed save
+        _files.remove_temporaries(out)  # left by a killed save
         run = {"config": cfg, "sizes": sizes, "input_shape": list(ds.x_train.shape[1:]), "model_sha256": sha,
-               **_provenance(cfg, ds)}
-        return _train(args, run, ds, model, optimizer, (xt, yt), (xv, yv), state, best, history, mesh)
+               **_inputs.provenance(cfg, ds)}
+        return _train(args, run, ds, model, optimizer, (xt, yt), (xv, yv), state, best, history, mesh, display)
     except BaseException:
-        _unlock_run(lock, out)
+        if not os.path.exists(ckpt):  # no epoch saved: its metrics.jsonl line goes too
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(out, JSONL))
+        rundir.unlock_run(lock, out)
         lock = None
         for folder in reversed(created):  # stopped before the first checkpoint: leave no empty --out
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
         raise
     finally:
-        _unlock_run(lock, out)
+        rundir.unlock_run(lock, out)
+
+
+def _loading_text(cfg) -> str:
+    """What loading the data does: which files, from where (the first folder holding them, in the
+    order ``data`` searches), or a download."""
+    name = cfg["dataset"]
+    if name not in ("mnist", "fashion-mnist"):
+        return f"loading {name}"
+    system = data.MNIST_SYSTEM_DIRS if name == "mnist" else data.FASHION_MNIST_SYSTEM_DIRS
+    folders = [cfg["dataset_dir"]] if cfg.get("dataset_dir") else [_idx._cache_dir(name, None), *system]
+    files = ", ".join(data.IDX_FILES.values())
+    for folder in folders:
+        if all(_idx._find_local(Path(folder), f) for f in data.IDX_FILES.values()):
+            return f"loading {name} from {folder} ({files})"
+    return f"loading {name}: {files}, downloading what is missing into {folders[0]}"
 
 
 def _check_memory(model, optimizer, cfg) -> None:
@@ -547,38 +238,77 @@ def _check_memory(model, optimizer, cfg) -> None:
                          f"{have / 2**30:.3g} GiB of memory available on {device.platform}; choose a smaller model")
 
 
-def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, history, mesh) -> int:
-    out, ckpt = args.out, os.path.join(args.out, CHECKPOINT)
-    cfg = run["config"]
-    decoupled = cfg["optimizer"] in DECOUPLED_DECAY
-    start = time.perf_counter()
+CHUNK_STEPS = 50  # steps per compiled chunk when progress is drawn in place: one read of the losses per chunk
 
-    def save(epoch, result):
-        meta = {**run, "history": _history_json(result.history), "version": __version__}
-        try:
-            checkpoint.save(ckpt, {"state": result.state, "best": result.best}, metadata=meta)
-        except OSError as err:
-            raise UsageError(f"cannot write the checkpoint {ckpt}: {err.strerror or err}") from None
 
+def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, history, mesh, display) -> int:
+    """Train with the progress display, ``metrics.jsonl`` and a checkpoint after every epoch; then
+    (or after Ctrl-C, SIGTERM or a divergence, from the last checkpoint) ``best.npz`` and
+    ``metrics.json``, the result line and the curves."""
+    out, cfg = args.out, run["config"]
     try:
-        result = train.fit(
-            jax.random.key(cfg["seed"]), model, optimizer, train_set, epochs=cfg["epochs"],
-            batch_size=cfg["batch_size"], loss=cfg["loss"], validation=val_set, test=(ds.x_test, ds.y_test) if len(ds.x_test) else None,
-            weight_decay=0.0 if decoupled else cfg["weight_decay"], sampling=cfg["sampling"], state=state, best=best,
-            history=history, verbose=not args.quiet, on_epoch=save, mesh=mesh,
-            compute_dtype=PRECISIONS[cfg["precision"]])
+        log = runlog.metrics_logger(out, tensorboard=args.tensorboard)
+    except ImportError as err:
+        raise UsageError(f"--tensorboard: {err}") from None
+    start, saved = time.perf_counter(), []
+
+    def on_epoch(epoch, result):
+        log(epoch, result)
+        _save(out, CHECKPOINT, run, result.state, result.best, result.history)
+        saved.append(epoch)
+        display.epoch(train._fmt({k: v[-1] for k, v in result.history.items()}, epoch, cfg["epochs"]))
+
+    what = f"model {cfg['model']}" if cfg.get("model") else f"MLP {'-'.join(map(str, run['sizes']))}"
+    display.phase(f"compiling the training program ({what}, {cfg['optimizer']}, batch {cfg['batch_size']})")
+    try:
+        with display:
+            result = train.fit(
+                jax.random.key(cfg["seed"]), model, optimizer, train_set, epochs=cfg["epochs"],
+                batch_size=cfg["batch_size"], loss=cfg["loss"], validation=val_set,
+                test=(ds.x_test, ds.y_test) if len(ds.x_test) else None, sampling=cfg["sampling"],
+                weight_decay=0.0 if cfg["optimizer"] in DECOUPLED_DECAY else cfg["weight_decay"], state=state,
+                best=best, history=history, verbose=False, on_epoch=on_epoch, mesh=mesh,
+                compute_dtype=PRECISIONS[cfg["precision"]], chunk_steps=CHUNK_STEPS if display.tty else None,
+                on_steps=display.steps)
     except (ValueError, TypeError) as err:
         if cfg.get("model") is None or isinstance(err, checkpoint.CheckpointError):
             raise
         raise UsageError(f"the model from {cfg['model']} cannot train on {ds.name}: {_one_line(str(err))}") from err
-    wall = time.perf_counter() - start
-    save(None, result)
+    except (KeyboardInterrupt, FloatingPointError) as err:
+        if saved:  # best.npz and metrics.json from the last checkpoint: evaluate and predict work on it
+            template = _template(cfg, model, optimizer)
+            last = checkpoint.restore(os.path.join(out, CHECKPOINT), like={"state": template, "best": template})
+            meta = checkpoint.load_metadata(os.path.join(out, CHECKPOINT))
+            _finish(args, run, ds, last["state"], last["best"], meta["history"], time.perf_counter() - start,
+                    history, stopped="diverged" if isinstance(err, FloatingPointError) else "interrupted")
+        raise
+    _save(out, CHECKPOINT, run, result.state, result.best, result.history)
+    metrics = _finish(args, run, ds, result.state, result.best, result.history, time.perf_counter() - start, history)
+    figure = _maybe_figure(result.history, os.path.join(out, FIGURE), f"{ds.name}: {cfg['optimizer']}, "
+                           + (f"model {os.path.basename(cfg['model'])}" if cfg.get("model") else f"hidden {cfg['hidden']}"))
+    print(f"{_result_text(metrics)}  ({metrics['steps']} steps, {metrics['wall_time_s']:.1f}s, "
+          f"{metrics['steps_per_second']:.0f} steps/s{_skipped(metrics)})  -> {out}" + (f", {FIGURE}" if figure else ""))
+    if _plotting(args):
+        _show_curves(result.history)
+    return 0
+
+
+def _save(out, name, run, state, best, history=None) -> None:
+    """``checkpoint.npz`` (the state, the best one, the history) or ``best.npz`` (the best state)."""
+    path = os.path.join(out, name)
+    meta = run if history is None else {**run, "history": rundir.history_json(history), "version": __version__}
     try:
-        checkpoint.save(os.path.join(out, BEST), {"state": result.best, "best": result.best}, metadata=run)
+        checkpoint.save(path, {"state": state, "best": best}, metadata=meta)
     except OSError as err:
-        raise UsageError(f"cannot write {os.path.join(out, BEST)}: {err.strerror or err}") from None
-    h = result.history
-    steps = int(result.state.step)
+        raise UsageError(f"cannot write {'the checkpoint ' if history is not None else ''}{path}: "
+                         f"{err.strerror or err}") from None
+
+
+def _finish(args, run, ds, state, best, h, wall, before, stopped=None) -> dict:
+    """Write ``best.npz`` and ``metrics.json`` (``"interrupted"`` and ``"epochs_done"`` when
+    ``stopped``: "interrupted" or "diverged"); return the metrics."""
+    _save(args.out, BEST, run, best, best)
+    h = {k: np.asarray(v) for k, v in h.items()}
     last = lambda k: float(h[k][-1]) if k in h else None
     metrics = {
         "test_accuracy": last("test_acc"), "val_accuracy": last("val_acc"), "train_accuracy": last("train_acc"),
@@ -586,20 +316,32 @@ def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, his
         "test_loss": last("test_eval_loss"), "val_loss": last("val_eval_loss"), "train_loss": last("train_eval_loss"),
         **({"test_rmse": last("test_rmse"), "val_rmse": last("val_rmse"), "train_rmse": last("train_rmse")}
            if "train_rmse" in h else {}),
-        "epochs_run": len(h["epoch"]), "steps": steps, "wall_time_s": wall,
-        "steps_per_second": (len(h["step_loss"]) - (len(history["step_loss"]) if history else 0)) / max(wall, 1e-9),
-        "dataset": ds.name, "config": cfg, "history": _history_json(h), "jax_version": jax.__version__,
+        "epochs_run": len(h["epoch"]), "steps": int(state.step), "wall_time_s": wall,
+        "steps_per_second": (len(h["step_loss"]) - (len(before["step_loss"]) if before else 0)) / max(wall, 1e-9),
+        "dataset": ds.name, "config": run["config"], "history": rundir.history_json(h), "jax_version": jax.__version__,
         "device": str(jax.devices()[0]), "version": __version__,
+        **({"interrupted": True, "stopped_by": stopped, "epochs_done": len(h["epoch"])} if stopped else {}),
     }
     if "skipped_steps" in h:  # --skip-nonfinite: per epoch in the history, the run's total here
         metrics["skipped_steps"] = int(np.sum(h["skipped_steps"]))
-    _write_json(os.path.join(out, METRICS), metrics)
-    network = f"model {os.path.basename(cfg['model'])}" if cfg.get("model") else f"hidden {cfg['hidden']}"
-    figure = _maybe_figure(h, os.path.join(out, FIGURE), f"{ds.name}: {cfg['optimizer']}, {network}")
-    if not args.quiet:
-        print(f"{_result_text(metrics)}  ({steps} steps, {wall:.1f}s, "
-              f"{metrics['steps_per_second']:.0f} steps/s{_skipped(metrics)})  -> {out}" + (f", {FIGURE}" if figure else ""))
-    return 0
+    rundir.write_json(os.path.join(args.out, METRICS), metrics)
+    return metrics
+
+
+def _plotting(args) -> bool:
+    """``--plot`` / ``--no-plot``; by default curves are drawn only on a terminal."""
+    return args.plot if args.plot is not None else _progress.Display(sys.stdout).tty
+
+
+def _show_curves(history) -> None:
+    """The loss curve (per step) and the accuracy curves (per epoch) in the terminal."""
+    width = _progress.terminal_width()
+    lines = _progress.plot({"training loss per step": history["step_loss"]}, width, title="loss")
+    accuracy = {f"{name} accuracy (%)": 100 * np.asarray(history[f"{name}_acc"]) for name in ("train", "val", "test")
+                if f"{name}_acc" in history}
+    if accuracy and len(history["epoch"]) > 1:
+        lines += [""] + _progress.plot(accuracy, width, height=8, title="accuracy per epoch")
+    print("\n".join(lines))
 
 
 def _result_text(metrics) -> str:
@@ -667,7 +409,7 @@ def _load_run(run_dir, which=BEST, *, debug=False) -> _LoadedRun:
 
 def cmd_evaluate(args) -> int:
     if args.json:
-        _check_target(args.json, "--json", run_dir=args.run, force=args.force)
+        rundir.check_target(args.json, "--json", run_dir=args.run, force=args.force)
     run = _load_run(args.run, CHECKPOINT if args.last else BEST, debug=args.debug)
     cfg, sizes, state = run.cfg, run.sizes, run.state
     ds, (xt, yt), (xv, yv) = load_data(dict(cfg, dataset_dir=args.dataset_dir or cfg.get("dataset_dir")))
@@ -675,7 +417,7 @@ def cmd_evaluate(args) -> int:
     if _sizes(cfg, ds)[0] != sizes[0] or ds.num_classes > sizes[-1]:
         raise UsageError(f"{cfg['dataset']} now gives {_sizes(cfg, ds)[0]} features and {ds.num_classes} {what}; the "
                          f"run's model takes {sizes[0]} features and {sizes[-1]} {what} (the dataset changed since training)")
-    _check_same_data(run.meta, cfg, ds, "")
+    _inputs.check_same_data(run.meta, cfg, ds, "")
     report = {}
     for name, (x, y) in (("train", (xt, yt)), ("val", (xv, yv)), ("test", (ds.x_test, ds.y_test))):
         if len(x):
@@ -688,68 +430,16 @@ def cmd_evaluate(args) -> int:
                       else f"  rmse {named['rmse']:#.4g}" if "rmse" in named else "")
             print(f"{name:5s}  loss {named['loss']:.4f}{second}  ({len(x)} examples)")
     if args.json:
-        _write_json(args.json, report, "--json")
+        rundir.write_json(args.json, report, "--json")
     return 0
-
-
-def _read_inputs(path, features: int) -> np.ndarray:
-    """Numeric, finite inputs ``(n, features)`` or ``(n, ...)`` from a .npy, or a .npz's array 'x'."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-        if not head.startswith((b"\x93NUMPY", b"PK\x03\x04", b"PK\x05\x06")):  # .npy, zip (.npz), empty zip
-            raise UsageError(f"{path}: expected a .npy file, or a .npz with an array 'x'; found a file starting with {head!r}")
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                if "x" not in loaded.files:
-                    raise UsageError(f"{path} holds {loaded.files}; expected an array named 'x'")
-                loaded = loaded["x"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # object arrays need pickle: ValueError
-        raise UsageError(f"cannot read inputs from {path} (expected .npy, or .npz with an array 'x'): {err}") from None
-    x = loaded
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise UsageError(f"{path}: inputs must be integers or real numbers; got dtype {x.dtype}")
-    if x.ndim < 2 or int(np.prod(x.shape[1:])) != features:
-        raise UsageError(f"{path}: inputs must have shape (n, {features}), or (n, ...) with {features} features, as "
-                         f"the run's model expects; got {x.shape}")
-    finite = np.isfinite(x.reshape(len(x), features)).all(axis=1)  # (0, -1) would be ambiguous for no rows
-    if not finite.all():
-        raise UsageError(f"{path}: inputs must be finite; row {int(np.argmin(finite))} holds NaN or Inf")
-    return x
-
-
-def _preprocess(x, run, path) -> np.ndarray:
-    """Inputs as the run's model saw its training data: integer images divided as the loader divided
-    them; inputs far outside the training range (raw 0..255 pixels for a model trained on 0..1,
-    say) refused rather than mislabelled."""
-    prep = run.meta.get("preprocessing") or {}
-    scale = prep.get("integer_inputs_divided_by", _RAW_SCALE.get(run.cfg["dataset"]))  # older runs: the built-in sets'
-    if np.issubdtype(x.dtype, np.integer) and scale and x.size:
-        if x.min() < 0 or x.max() > scale:
-            raise UsageError(f"{path}: integer inputs must lie in 0..{scale}, as the run's training images did "
-                             f"(they are divided by {scale}); found {x.min()}..{x.max()}")
-        x = x.astype(np.float32) / np.float32(scale)
-    with np.errstate(over="ignore"):
-        x = np.asarray(x, np.float32)
-    lo, hi = prep.get("input_range") or (None, None)
-    if lo is not None and x.size:
-        span = max(hi - lo, 1e-6)
-        mn, mx = float(x.min()), float(x.max())
-        if mn < lo - span or mx > hi + span:
-            how = (f"integer images 0..{scale} (divided by {scale} here) or floats scaled as in training"
-                   if scale else "inputs preprocessed as in training")
-            raise UsageError(f"{path}: inputs range {mn:.4g}..{mx:.4g}, far outside the {lo:.4g}..{hi:.4g} the run's "
-                             f"model was trained on; pass {how}")
-    return x
 
 
 def cmd_predict(args) -> int:
     if args.output:
-        _check_target(args.output, "--output", run_dir=args.run, inputs=(args.input,), force=args.force)
+        rundir.check_target(args.output, "--output", run_dir=args.run, inputs=(args.input,), force=args.force)
     run = _load_run(args.run, debug=args.debug)
-    x = _read_inputs(args.input, run.sizes[0])
-    x = _preprocess(x, run, args.input).reshape((len(x), *run.input_shape))
+    x = _inputs.read_inputs(args.input, run.sizes[0])
+    x = _inputs.preprocess(x, run, args.input).reshape((len(x), *run.input_shape))
     if len(x):
         outputs, _ = jax.jit(functools.partial(run.model.apply, train=False))(run.state.params, run.state.model_state,
                                                                             jnp.asarray(x))
@@ -763,7 +453,7 @@ def cmd_predict(args) -> int:
         values, what = np.asarray(jnp.argmax(outputs, axis=-1)), "predicted labels"
         text = " ".join(map(str, values.tolist()))
     if args.output:
-        _write_file(args.output, lambda f: np.save(f, values), "--output")
+        rundir.write_file(args.output, lambda f: np.save(f, values), "--output")
         print(f"saved {len(values)} {what} to {args.output}")
     elif len(values):
         print(text)
@@ -797,8 +487,8 @@ def cmd_compare(args) -> int:
           + ("" if len(xe) else "  (no test rows: no test accuracy)"))
     for name, loss, acc, secs in rows:
         print(f"{name:10s} {loss:10.4f} {'-' if acc is None else f'{100 * acc:.2f}%':>9s} {secs:6.1f}s")
-    _make_dirs(args.out)
-    _write_json(os.path.join(args.out, "compare.json"), {"iterations": iterations, "results": [
+    rundir.make_dirs(args.out)
+    rundir.write_json(os.path.join(args.out, "compare.json"), {"iterations": iterations, "results": [
         {"optimizer": n, "final_loss": l, "test_accuracy": a, "time_s": s} for n, l, a, s in rows]})
     fig = None
     try:
@@ -834,7 +524,7 @@ def _after_stop(args) -> str:
 def main(argv=None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit status. Its
     output may go away (``| head``, a full disk): the command goes on without it."""
-    with _tolerant_output():
+    with rundir.tolerant_output():
         return _main(argv)
 
 
