@@ -1,4 +1,4 @@
-"""What the command shows while it works: a progress display and curves drawn in the terminal.
+"""What the command shows while it works: a progress display (curves: :func:`plot.text_plot`).
 
 Contract:
   * :class:`Display` ``(stream, *, quiet=False, tty=None)``: ``phase(text)`` says what the command
@@ -9,22 +9,16 @@ Contract:
     thread redraws the clock while a compiled chunk runs), and each epoch's line stays. Not on a
     terminal: plain lines, one per phase and per epoch, nothing in place. ``quiet``: nothing.
     ``close()`` stops the timer and clears the status line; a display is a context manager.
-  * :func:`plot` ``(curves, width, height)`` draws series (name -> values) as text lines no wider
-    than ``width``: a y axis with its range, one mark per series (``*``, ``o``, ``+``, ``x``) and a
-    legend, each series stretched over the x axis (points averaged into columns when there are
-    more than columns). The seed's ``print_graph(history, 50, 20)``, fitted to the terminal.
   * Nothing here touches JAX; the command imports it, the library never does.
 """
 from __future__ import annotations
 
-import math
 import shutil
 import threading
 import time
 
-__all__ = ["Display", "plot", "terminal_width"]
+__all__ = ["Display", "terminal_width"]
 
-MARKS = "*o+x#@"
 REDRAW_S = 0.5  # the timer's period: the status line is never older than a second
 
 
@@ -145,44 +139,3 @@ class Display:
         with self._lock:
             self.stream.write(text)
             self.stream.flush()
-
-
-# ----------------------------------------------------------------- curves in the terminal
-def _columns(values, width: int) -> list[float]:
-    """``values`` stretched or averaged onto ``width`` columns (NaN where a column has none)."""
-    values = [float(v) for v in values]
-    n = len(values)
-    if n == 0:
-        return [math.nan] * width
-    out = []
-    for c in range(width):
-        lo, hi = c * n / width, (c + 1) * n / width
-        chunk = [v for v in values[int(lo):max(int(math.ceil(hi)), int(lo) + 1)] if math.isfinite(v)]
-        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
-    return out
-
-
-def plot(curves: dict, width: int, height: int = 12, *, title: str = "") -> list[str]:
-    """``curves`` (name -> values) drawn as at most ``height + 2`` text lines, none wider than
-    ``width`` (see the module's contract). Empty or non-finite series are left out."""
-    curves = {k: list(v) for k, v in curves.items() if any(math.isfinite(float(x)) for x in v)}
-    if not curves or width < 20:
-        return []
-    finite = [float(x) for v in curves.values() for x in v if math.isfinite(float(x))]
-    lo, hi = min(finite), max(finite)
-    hi = hi if hi > lo else lo + 1
-    label = max(len(f"{lo:.4g}"), len(f"{hi:.4g}"))
-    cols = width - label - 2
-    grid = [[" "] * cols for _ in range(height)]
-    for mark, values in zip(MARKS, curves.values()):
-        for c, v in enumerate(_columns(values, cols)):
-            if math.isfinite(v):
-                grid[height - 1 - round((v - lo) / (hi - lo) * (height - 1))][c] = mark
-    lines = [title[:width]] if title else []
-    for r, row in enumerate(grid):
-        y = f"{hi:.4g}" if r == 0 else f"{lo:.4g}" if r == height - 1 else ""
-        lines.append(f"{y:>{label}} |{''.join(row)}".rstrip())
-    lines.append(" " * label + " +" + "-" * cols)
-    legend = "   ".join(f"{m} {name}" for m, name in zip(MARKS, curves))
-    lines.append((" " * (label + 2) + legend)[:width])
-    return lines

@@ -55,8 +55,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import (__version__, _files, _idx, _inputs, _progress, _rundir as rundir, _usermodel, checkpoint, compile_cache,
-                        data, devices, nn, optim, runlog, sweep, train)
+from jaxscratch import (__version__, _files, _idx, _inputs, _progress, _rundir as rundir, _usermodel, checkpoint,
+                        compile_cache, data, devices, nn, optim, plot, runlog, sweep, train)
 from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS, UsageError, _flag, _init_scale,
                                _widths, build_optimizer, build_parser, data_parallel, stored_config, train_config)
 from jaxscratch._flags import SEED_MAX, TRAIN_TYPES, _bool, _float, _hidden, _int  # noqa: F401: re-exported for tests
@@ -284,8 +284,9 @@ def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, his
         raise
     _save(out, CHECKPOINT, run, result.state, result.best, result.history)
     metrics = _finish(args, run, ds, result.state, result.best, result.history, time.perf_counter() - start, history)
-    figure = _maybe_figure(result.history, os.path.join(out, FIGURE), f"{ds.name}: {cfg['optimizer']}, "
-                           + (f"model {os.path.basename(cfg['model'])}" if cfg.get("model") else f"hidden {cfg['hidden']}"))
+    network = f"model {os.path.basename(cfg['model'])}" if cfg.get("model") else f"hidden {cfg['hidden']}"
+    figure = _maybe_figure(plot.training_figure, result.history, os.path.join(out, FIGURE),
+                           title=f"{ds.name}: {cfg['optimizer']}, {network}")
     print(f"{_result_text(metrics)}  ({metrics['steps']} steps, {metrics['wall_time_s']:.1f}s, "
           f"{metrics['steps_per_second']:.0f} steps/s{_skipped(metrics)})  -> {out}" + (f", {FIGURE}" if figure else ""))
     if _plotting(args):
@@ -335,12 +336,11 @@ def _plotting(args) -> bool:
 
 def _show_curves(history) -> None:
     """The loss curve (per step) and the accuracy curves (per epoch) in the terminal."""
-    width = _progress.terminal_width()
-    lines = _progress.plot({"training loss per step": history["step_loss"]}, width, title="loss")
+    lines = plot.text_plot({"training loss per step": history["step_loss"]}, title="loss")
     accuracy = {f"{name} accuracy (%)": 100 * np.asarray(history[f"{name}_acc"]) for name in ("train", "val", "test")
                 if f"{name}_acc" in history}
     if accuracy and len(history["epoch"]) > 1:
-        lines += [""] + _progress.plot(accuracy, width, height=8, title="accuracy per epoch")
+        lines += [""] + plot.text_plot(accuracy, height=8, title="accuracy per epoch")
     print("\n".join(lines))
 
 
@@ -362,10 +362,11 @@ def _skipped(metrics) -> str:
     return "" if n is None else f", {n} step{'s' * (n != 1)} skipped for non-finite gradients"
 
 
-def _maybe_figure(history, path, title):
+def _maybe_figure(draw, *args, **kwargs):
+    """``draw(*args)``'s PNG path, or None without matplotlib (an optional extra)."""
+    path = args[-1]
     try:
-        from jaxscratch import plot
-        return plot.training_figure(history, path, title=title)
+        return draw(*args, **kwargs)
     except ImportError:
         return None
     except OSError as err:
@@ -475,14 +476,16 @@ def cmd_compare(args) -> int:
     params, model_state = model.init(key)  # the same initial weights for everyone
     xe, ye = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
     curves, rows = {}, []
-    for name in names:  # one at a time for the timings; the same key gives every one the same batches
-        start = time.perf_counter()
-        (state, step_losses), = sweep.compare_optimizers(
-            jax.random.fold_in(key, 1), {name: optim.OPTIMIZERS[name]()}, params, xt, yt,  # the book's defaults
-            iterations=iterations, batch_size=args.batch_size, model=model, model_state=model_state).values()
-        acc = float(train.evaluate(model, state.params, state.model_state, xe, ye)["acc"]) if len(xe) else None
-        curves[name] = step_losses
-        rows.append((name, float(np.mean(step_losses[-100:])), acc, time.perf_counter() - start))
+    with _progress.Display(sys.stdout, quiet=args.quiet) as display:
+        for i, name in enumerate(names):  # one at a time for the timings; the same key gives every one the same batches
+            display.phase(f"training {name} ({i + 1}/{len(names)}: compiling, then {iterations} steps)")
+            start = time.perf_counter()
+            (state, step_losses), = sweep.compare_optimizers(
+                jax.random.fold_in(key, 1), {name: optim.OPTIMIZERS[name]()}, params, xt, yt,  # the book's defaults
+                iterations=iterations, batch_size=args.batch_size, model=model, model_state=model_state).values()
+            acc = float(train.evaluate(model, state.params, state.model_state, xe, ye)["acc"]) if len(xe) else None
+            curves[name] = np.asarray(step_losses)
+            rows.append((name, float(np.mean(step_losses[-100:])), acc, time.perf_counter() - start))
     print(f"{'optimizer':10s} {'final loss':>10s} {'test acc':>9s} {'time':>7s}   ({iterations} iterations, batch {args.batch_size})"
           + ("" if len(xe) else "  (no test rows: no test accuracy)"))
     for name, loss, acc, secs in rows:
@@ -490,13 +493,11 @@ def cmd_compare(args) -> int:
     rundir.make_dirs(args.out)
     rundir.write_json(os.path.join(args.out, "compare.json"), {"iterations": iterations, "results": [
         {"optimizer": n, "final_loss": l, "test_accuracy": a, "time_s": s} for n, l, a, s in rows]})
-    fig = None
-    try:
-        from jaxscratch import plot
-        fig = plot.comparison_figure(curves, os.path.join(args.out, "compare.png"), title=f"{ds.name}: optimizer comparison")
-    except ImportError:
-        pass
+    fig = _maybe_figure(plot.comparison_figure, curves, os.path.join(args.out, "compare.png"),
+                        title=f"{ds.name}: optimizer comparison")
     print(f"saved {os.path.join(args.out, 'compare.json')}" + (f" and {fig}" if fig else ""))
+    if _plotting(args):  # the smoothed loss per step, one curve per optimizer
+        print("\n".join(plot.text_plot({n: plot.smooth_curve(c) for n, c in curves.items()}, height=16, title=f"training loss per step (smoothed), {iterations} steps")))
     return 0
 
 

@@ -109,7 +109,7 @@ def test_a_second_train_on_a_locked_folder_is_refused(tmp_path, capsys):
                    f"(pid 4242); wait for it or choose another --out\n")
     assert os.listdir(out) == [".lock"] and (out / ".lock").read_bytes() == b"4242\n"
     assert run(["train", "--out", out, *TINY], capsys)[0] == 0  # released (as when the holder dies): it runs
-    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "metrics.json", "training.png"]
+    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "metrics.json", "metrics.jsonl", "training.png"]
 
 
 def test_the_lock_is_held_during_training_and_a_killed_saves_files_are_cleaned(tmp_path, capsys, monkeypatch):
@@ -134,9 +134,9 @@ def test_the_lock_is_held_during_training_and_a_killed_saves_files_are_cleaned(t
     real_fit = cli.train.fit
     monkeypatch.setattr(cli.train, "fit", fit)
     assert run(["train", "--out", out, "--resume", "--epochs", "3", "--quiet"], capsys)[0] == 0
-    assert seen == [(f"{os.getpid()}\n", [".lock", "best.npz", "checkpoint.npz", "metrics.json", "notes.tmp",
+    assert seen == [(f"{os.getpid()}\n", [".lock", "best.npz", "checkpoint.npz", "metrics.json", "metrics.jsonl", "notes.tmp",
                                           "training.png"])]
-    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "metrics.json", "notes.tmp", "training.png"]
+    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "metrics.json", "metrics.jsonl", "notes.tmp", "training.png"]
 
 
 # ---------------------------------------------------------------- stdout going away
