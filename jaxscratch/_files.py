@@ -10,8 +10,8 @@ Contract (three modes, nothing else):
     a part. Any exception (``KeyboardInterrupt`` too) removes the temporary file.
   * Special files (a device, a FIFO: ``/dev/null``, ``/dev/stdout``) are written in place by the
     same functions: a rename would replace the device itself.
-  * :func:`append_line` -- append and fsync: one line per call (``metrics.jsonl``), on disk when
-    it returns, so a killed process keeps every line written before. :func:`keep_lines` cuts such
+  * :func:`append` / :func:`append_line` -- append and fsync: one record or line per call
+    (``metrics.jsonl``, TensorBoard event files), on disk when it returns, so a killed process keeps every line written before. :func:`keep_lines` cuts such
     a file back (``--resume`` continues from the checkpoint's epoch), atomically.
 
 Errors are ``OSError`` as the system gave them; callers name the file to the user.
@@ -25,7 +25,7 @@ import secrets
 import stat
 from collections.abc import Callable
 
-__all__ = ["TEMPORARY", "append_line", "keep_lines", "remove_temporaries", "replace", "replacing"]
+__all__ = ["TEMPORARY", "append", "append_line", "keep_lines", "remove_temporaries", "replace", "replacing"]
 
 # Ours (.NAME.<12 hex>.tmp), and the names older versions used (.tmp-*): a killed save's leftovers.
 TEMPORARY = re.compile(r"\.tmp-.*|\..+\.[0-9a-f]{12}\.tmp")
@@ -110,11 +110,15 @@ def replace(path, content: bytes | str | Callable) -> None:
 
 def append_line(path, line: str) -> None:
     """Append ``line`` (a newline is added) to ``path``, creating it, and fsync before returning."""
+    append(path, (line.rstrip("\n") + "\n").encode())
+
+
+def append(path, data: bytes) -> None:
+    """Append ``data`` to ``path``, creating it, and fsync before returning."""
     path = os.fspath(path)
     new = not os.path.exists(path)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        data = (line.rstrip("\n") + "\n").encode()
         while data:
             data = data[os.write(fd, data):]
         os.fsync(fd)

@@ -373,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
     t.add_argument("--debug", action="store_true", help="show the traceback of an error in a --model file")
     t.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
-    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files into --out "
-                   "(needs tensorboardX: pip install 'jaxscratch[tensorboard]')")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files into --out, "
+                   "one event per epoch (viewing them needs TensorBoard; writing them needs nothing)")
     _display_flags(t)
 
     e = sub.add_parser("evaluate", help="report a finished run's loss and accuracy")

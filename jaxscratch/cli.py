@@ -1,9 +1,13 @@
 """The ``jaxscratch`` command: ``train``, ``evaluate``, ``predict``, ``compare``.
 
-This module knows about files and printing; its private ``_flags`` holds the flags, their types
-and the run configuration they make. A run directory holds ``checkpoint.npz`` (the last epoch's
-whole state, the configuration and history), ``best.npz`` (the best-validation state),
-``metrics.json`` and ``training.png``.
+This module holds each command's flow; its private helpers hold the rest: ``_flags`` (the flags,
+their types and the run configuration they make), ``_rundir`` (the run folder, its lock, checked
+outputs), ``_usermodel`` (a ``--model`` file), ``_inputs`` (data provenance, ``predict``'s
+inputs), ``_progress`` (the display). Every file is written by ``_files``. A run directory holds
+``checkpoint.npz`` (the last epoch's whole state, the configuration and history), ``best.npz``
+(the best-validation state), ``metrics.jsonl`` (one line per finished epoch, appended and fsynced
+as it ends: :mod:`jaxscratch.runlog`), ``metrics.json`` and ``training.png`` (at the end), and
+TensorBoard event files with ``--tensorboard``.
 
 Contract:
   * Every flag is checked as it is parsed: its type (ints in ASCII digits, finite numbers,
@@ -35,8 +39,19 @@ Contract:
     command imports it from there and refuses a changed file. An exception in the file is one
     line with its line number; ``--debug`` prints its traceback too. ``--loss mse`` trains on an
     ``.npz``'s numeric targets and reports RMSE.
-  * A diverging run exits 1. Ctrl-C or SIGTERM exits 130 with the last finished epoch saved;
-    ``--resume`` then finishes the run bit-identically to an uninterrupted one.
+  * ``train`` says what it does as it does it: loading (which files, from where), compiling
+    (which program), then each epoch. On a terminal a status line (epoch, bar, steps/s, the
+    latest loss, ETA) is redrawn in place at least once a second: epochs run in compiled chunks
+    of :data:`CHUNK_STEPS` steps (``train.fit``'s ``chunk_steps``; bit-identical results) and a
+    timer redraws the clock. Not on a terminal: plain lines. ``--quiet``: only errors and the
+    final result. At the end ``train`` and ``compare`` draw their curves in the terminal
+    (``plot.text_plot``; ``--plot`` / ``--no-plot``, by default only on a terminal).
+  * A diverging run exits 1. Ctrl-C or SIGTERM exits 130 with the last finished epoch saved. After
+    any of the three, once an epoch was saved, the folder also holds ``best.npz`` and a
+    ``metrics.json`` marked ``"interrupted": true`` with ``"epochs_done"`` and ``"stopped_by"``
+    (``interrupted`` or ``diverged``), so ``evaluate`` and ``predict`` work on it; ``--resume``
+    then finishes the run bit-identically to an uninterrupted one (``metrics.jsonl`` cut back to
+    the checkpoint's epoch). A SIGKILL loses at most the epoch in flight.
 """
 from __future__ import annotations
 
@@ -129,21 +144,8 @@ def cmd_train(args) -> int:
     if args.dataset is not None and args.dataset.endswith(".npz"):
         args.dataset = os.path.abspath(args.dataset)  # likewise: evaluate from another folder reads this file
     if args.resume:
-        if not os.path.exists(ckpt):
-            raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
         saved = rundir.signature(ckpt)  # the checkpoint read here; another train may replace it before the lock
-        meta = _run_meta(ckpt, resumable=True)  # read once: the configuration now, the history after restoring
-        stored = meta["config"]
-        for k in list(DEFAULTS) + OPT_FLAGS:
-            given, kept = getattr(args, k), stored.get(k, DEFAULTS.get(k))
-            if k not in ("epochs", "devices") and given is not None and given != kept:
-                raise UsageError(f"--resume: {_flag(k)} {given!r} conflicts with the run's "
-                                 f"{'default' if kept is None else repr(kept)}; a resumed run keeps its "
-                                 f"configuration (only --epochs and --devices may change)")
-        cfg = dict(stored, **{k: getattr(args, k) for k in ("epochs", "devices") if getattr(args, k) is not None})
-        done = len(meta["history"].get("epoch", []))
-        if cfg["epochs"] < done:
-            raise UsageError(f"--resume: --epochs {cfg['epochs']} is fewer than the {done} epochs already run in {out}")
+        cfg, meta = _resume_config(args, ckpt)
     else:
         if os.path.exists(ckpt) or os.path.exists(os.path.join(out, METRICS)):
             raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -203,6 +205,26 @@ def cmd_train(args) -> int:
         rundir.unlock_run(lock, out)
 
 
+def _resume_config(args, ckpt) -> tuple[dict, dict]:
+    """``(configuration, metadata)`` of the run to resume: its stored configuration with the new
+    ``--epochs`` and ``--devices``; any other flag that differs from it is refused."""
+    if not os.path.exists(ckpt):
+        raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
+    meta = _run_meta(ckpt, resumable=True)  # read once: the configuration now, the history after restoring
+    stored = meta["config"]
+    for k in list(DEFAULTS) + OPT_FLAGS:
+        given, kept = getattr(args, k), stored.get(k, DEFAULTS.get(k))
+        if k not in ("epochs", "devices") and given is not None and given != kept:
+            raise UsageError(f"--resume: {_flag(k)} {given!r} conflicts with the run's "
+                             f"{'default' if kept is None else repr(kept)}; a resumed run keeps its "
+                             f"configuration (only --epochs and --devices may change)")
+    cfg = dict(stored, **{k: getattr(args, k) for k in ("epochs", "devices") if getattr(args, k) is not None})
+    done = len(meta["history"].get("epoch", []))
+    if cfg["epochs"] < done:
+        raise UsageError(f"--resume: --epochs {cfg['epochs']} is fewer than the {done} epochs already run in {args.out}")
+    return cfg, meta
+
+
 def _loading_text(cfg) -> str:
     """What loading the data does: which files, from where (the first folder holding them, in the
     order ``data`` searches), or a download."""
@@ -248,8 +270,8 @@ def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, his
     out, cfg = args.out, run["config"]
     try:
         log = runlog.metrics_logger(out, tensorboard=args.tensorboard)
-    except ImportError as err:
-        raise UsageError(f"--tensorboard: {err}") from None
+    except OSError as err:
+        raise UsageError(f"cannot write TensorBoard event files into {out}: {err.strerror or err}") from None
     start, saved = time.perf_counter(), []
 
     def on_epoch(epoch, result):
