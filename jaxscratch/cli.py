@@ -228,12 +228,13 @@ def _resume_config(args, ckpt) -> tuple[dict, dict]:
 def _loading_text(cfg) -> str:
     """What loading the data does: which files, from where (the first folder holding them, in the
     order ``data`` searches), or a download."""
-    name = cfg["dataset"]
+    name, files = cfg["dataset"], ", ".join(data.IDX_FILES.values())
     if name not in ("mnist", "fashion-mnist"):
-        return f"loading {name}"
+        return f"loading {name}" + (" (shipped with the package)" if name == "digits" else "")
+    if cfg.get("dataset_dir"):
+        return f"loading {name} from {cfg['dataset_dir']} ({files})"
     system = data.MNIST_SYSTEM_DIRS if name == "mnist" else data.FASHION_MNIST_SYSTEM_DIRS
-    folders = [cfg["dataset_dir"]] if cfg.get("dataset_dir") else [_idx._cache_dir(name, None), *system]
-    files = ", ".join(data.IDX_FILES.values())
+    folders = [_idx._cache_dir(name, None), *system]
     for folder in folders:
         if all(_idx._find_local(Path(folder), f) for f in data.IDX_FILES.values()):
             return f"loading {name} from {folder} ({files})"

@@ -31,6 +31,13 @@ Contract:
     donated), evaluates the train/validation/test sets after each with the one evaluator that
     :func:`evaluate` also uses, keeps the best state besides the last, and returns the per-step
     losses and per-epoch metrics as NumPy arrays. No host transfer happens inside an epoch.
+  * Progress within an epoch: ``fit(chunk_steps=k, on_steps=f)`` runs each epoch as compiled
+    chunks of ``k`` steps -- one program whatever the last chunk's length (a ``fori_loop`` with
+    a traced trip count over the epoch's batch order, which is computed once per epoch on the
+    device) -- reads back each chunk's step losses (``k`` numbers) and calls ``f(epoch,
+    steps_done, steps_per_epoch, last_loss)``. Parameters and data never leave the device and
+    the results are bit-identical to whole epochs (tested on CPU, both samplings, batch norm,
+    dropout, weight decay, resume).
   * Compilation: ``fit`` keeps its compiled epoch and evaluation programs in the library's one
     cache of programs (the private ``_compiled``), keyed by the model, the task,
     ``optimizer.update`` and the static configuration, so a second ``fit`` with

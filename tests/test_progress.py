@@ -99,7 +99,7 @@ def test_train_off_a_terminal_says_what_it_does_in_plain_lines(tmp_path, capsys)
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert "\r" not in out and lines[0] == "loading digits"
+    assert "\r" not in out and lines[0] == "loading digits (shipped with the package)"
     assert lines[1] == "compiling the training program (MLP 64-16-10, adam, batch 100)"
     assert lines[2].startswith("epoch 1/2  loss ") and lines[3].startswith("epoch 2/2  loss ")
     assert lines[4].startswith("test accuracy ") and len(lines) == 5  # no curves off a terminal
@@ -152,3 +152,19 @@ def test_train_on_a_pseudo_terminal_redraws_a_status_line_in_place(tmp_path):
     for e in (1, 2, 3):
         assert re.search(rf"\r\x1b\[Kepoch {e}/3  loss [^\r]*\r?\n", out)
     assert "* training loss per step" in out and max(len(line) for line in out.splitlines()) <= 200
+
+
+def test_loading_says_which_files_and_from_where(tmp_path, monkeypatch):
+    from jaxscratch import data
+    names = list(data.IDX_FILES.values())
+    monkeypatch.setenv("JAXSCRATCH_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIRS", (str(tmp_path / "system"),))
+    (tmp_path / "system").mkdir()
+    for name in names:
+        (tmp_path / "system" / name).write_bytes(b"")
+    files = ", ".join(names)
+    assert cli._loading_text({"dataset": "fashion-mnist"}) == f"loading fashion-mnist from {tmp_path / 'system'} ({files})"
+    (tmp_path / "system" / names[2]).unlink()
+    assert cli._loading_text({"dataset": "fashion-mnist"}) == (
+        f"loading fashion-mnist: {files}, downloading what is missing into {tmp_path / 'cache' / 'fashion-mnist'}")
+    assert cli._loading_text({"dataset": "mnist", "dataset_dir": "/d"}) == f"loading mnist from /d ({files})"
