@@ -178,6 +178,7 @@ def cmd_train(args) -> int:
         state, best = restored["state"], restored["best"]
         history = meta["history"]
     created = rundir.make_dirs(out)  # every input is checked: now the run may write
+    present = set(os.listdir(out))
     lock = None
     try:
         lock = rundir.lock_run(out)  # one train per folder; released however this process ends
@@ -192,9 +193,11 @@ def cmd_train(args) -> int:
                **_inputs.provenance(cfg, ds)}
         return _train(args, run, ds, model, optimizer, (xt, yt), (xv, yv), state, best, history, mesh, display)
     except BaseException:
-        if not os.path.exists(ckpt):  # no epoch saved: its metrics.jsonl line goes too
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(out, JSONL))
+        if not os.path.exists(ckpt):  # no epoch saved: the metrics it logged go too
+            for name in set(os.listdir(out)) - present:
+                if name == JSONL or name.startswith(runlog.EVENTS):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(out, name))
         rundir.unlock_run(lock, out)
         lock = None
         for folder in reversed(created):  # stopped before the first checkpoint: leave no empty --out
@@ -269,14 +272,13 @@ def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, his
     (or after Ctrl-C, SIGTERM or a divergence, from the last checkpoint) ``best.npz`` and
     ``metrics.json``, the result line and the curves."""
     out, cfg = args.out, run["config"]
-    try:
-        log = runlog.metrics_logger(out, tensorboard=args.tensorboard)
-    except OSError as err:
-        raise UsageError(f"cannot write TensorBoard event files into {out}: {err.strerror or err}") from None
-    start, saved = time.perf_counter(), []
+    log, start, saved = runlog.metrics_logger(out, tensorboard=args.tensorboard), time.perf_counter(), []
 
     def on_epoch(epoch, result):
-        log(epoch, result)
+        try:
+            log(epoch, result)
+        except OSError as err:
+            raise UsageError(f"cannot write epoch {epoch}'s metrics into {out}: {err.strerror or err}") from None
         _save(out, CHECKPOINT, run, result.state, result.best, result.history)
         saved.append(epoch)
         display.epoch(train._fmt({k: v[-1] for k, v in result.history.items()}, epoch, cfg["epochs"]))
@@ -541,7 +543,8 @@ def _after_stop(args) -> str:
     if args.command != "train":
         return ""
     if os.path.exists(os.path.join(args.out, CHECKPOINT)):
-        return f"; the last finished epoch is saved: continue with jaxscratch train --out {args.out} --resume"
+        return (f"; the last finished epoch is saved (jaxscratch evaluate {args.out} works on it): continue with "
+                f"jaxscratch train --out {args.out} --resume")
     return "; no epoch had finished, so nothing was saved"
 
 

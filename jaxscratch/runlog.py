@@ -11,7 +11,8 @@ Contract:
     epochs before ``e`` (a killed run may have logged an epoch its checkpoint lacks), so a
     resumed run's file equals an uninterrupted one's. ``run_dir`` must exist.
   * ``tensorboard=True`` also writes the same scalars (tag: the key, step: the epoch) into a new
-    TensorBoard event file in ``run_dir`` (``events.out.tfevents.<time>.<host>``), one ``Event``
+    TensorBoard event file in ``run_dir`` (``events.out.tfevents.<time>.<host>``, made when the
+    first epoch ends), one ``Event``
     per epoch, appended and fsynced likewise. The format (TFRecord frames of ``Event`` protos) is
     written here: no TensorBoard package is needed to write it, only to view it.
   * :func:`read_metrics` returns a ``metrics.jsonl``'s whole lines as dicts.
@@ -30,9 +31,10 @@ from collections.abc import Callable
 
 from jaxscratch import _files
 
-__all__ = ["JSONL", "crc32c", "epoch_record", "metrics_logger", "read_metrics", "tensorboard_record"]
+__all__ = ["EVENTS", "JSONL", "crc32c", "epoch_record", "metrics_logger", "read_metrics", "tensorboard_record"]
 
 JSONL = "metrics.jsonl"
+EVENTS = "events.out.tfevents."  # TensorBoard's event files: EVENTS + "<time>.<host>"
 
 
 def json_safe(obj):
@@ -118,7 +120,7 @@ def tensorboard_record(wall_time: float, step: int | None = None, scalars: dict 
 
 def _tensorboard_file(run_dir) -> str:
     """A new event file in ``run_dir``, its header written (TensorBoard reads every one there)."""
-    path = os.path.join(os.fspath(run_dir), f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
+    path = os.path.join(os.fspath(run_dir), f"{EVENTS}{int(time.time())}.{socket.gethostname()}")
     _files.append(path, tensorboard_record(time.time(), file_version="brain.Event:2"))
     return path
 
@@ -127,12 +129,13 @@ def metrics_logger(run_dir, *, tensorboard: bool = False) -> Callable:
     """``on_epoch(epoch, result)`` for :func:`train.fit` writing ``run_dir/metrics.jsonl`` (see
     the module's contract) and, with ``tensorboard``, TensorBoard event files."""
     path = os.path.join(os.fspath(run_dir), JSONL)
-    events = _tensorboard_file(run_dir) if tensorboard else None
-    started = []
+    started, events = [], None
 
     def on_epoch(epoch: int, result) -> None:
-        if not started:
+        nonlocal events
+        if not started:  # the first epoch: cut a resumed run's file back; a new event file
             _files.keep_lines(path, lambda line: _epoch_of(line) < epoch)
+            events = _tensorboard_file(run_dir) if tensorboard else None
             started.append(epoch)
         record = epoch_record(result.history)
         _files.append_line(path, json.dumps(record, allow_nan=False))

@@ -140,8 +140,8 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint_and_resume_matches(
 def test_sigterm_or_sigint_during_a_save_exits_cleanly_and_resume_matches(runs, name):
     code, err = runs["done"][name]
     assert code == 130
-    assert err == f"jaxscratch train: interrupted; the last finished epoch is saved: continue with " \
-                  f"jaxscratch train --out {name} --resume\n"
+    assert err == f"jaxscratch train: interrupted; the last finished epoch is saved (jaxscratch evaluate {name} " \
+                  f"works on it): continue with jaxscratch train --out {name} --resume\n"
     # no temporary file left; a finished run's files, from the last checkpoint: evaluate and predict work on it
     assert runs["stopped"][name] == {"files": ["best.npz", "checkpoint.npz", "metrics.json", "metrics.jsonl"],
                                      "epochs": 1, "logged": [1, 2], "interrupted": (True, "interrupted", 1)}

@@ -212,3 +212,12 @@ def test_sigkill_mid_run_keeps_every_finished_epoch_in_metrics_jsonl(tmp_path):
                            str(saved + 2), "--quiet"], capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr
     assert [r["epoch"] for r in runlog.read_metrics(out / "metrics.jsonl")] == list(range(1, saved + 3))
+
+
+def test_a_tensorboard_run_stopped_before_its_first_checkpoint_leaves_no_out(tmp_path, capsys, monkeypatch):
+    """The first epoch's metrics are logged before its checkpoint: a stop in between takes them
+    back with the folder (a run that saved nothing leaves nothing)."""
+    monkeypatch.setattr(cli.checkpoint, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    out = tmp_path / "a" / "early"
+    assert cli.main(["train", "--out", str(out), "--tensorboard", *TINY]) == 130
+    assert "nothing was saved" in capsys.readouterr().err and not (tmp_path / "a").exists()
