@@ -114,6 +114,34 @@ def lock_run(out) -> int:
     raise UsageError(f"--out {out}: cannot lock the run folder ({path} keeps changing); try again")
 
 
+@contextlib.contextmanager
+def claimed(out, checkpoint_name: str, *, logged=lambda name: False):
+    """``with claimed(out, ...):`` the run folder ``out`` created (with its parents) and locked for
+    this process, the temporary files a killed save left there deleted. If the body raises
+    (Ctrl-C too) before ``out/checkpoint_name`` exists, the files it made for which ``logged(name)``
+    holds are removed, then the folders this created: a run that saved nothing leaves nothing."""
+    created = make_dirs(out)  # every input is checked: now the run may write
+    present, lock = set(os.listdir(out)), None
+    try:
+        lock = lock_run(out)  # one train per folder; released however this process ends
+        _files.remove_temporaries(out)
+        yield
+    except BaseException:
+        if not os.path.exists(os.path.join(out, checkpoint_name)):
+            for name in set(os.listdir(out)) - present:
+                if logged(name):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(out, name))
+        unlock_run(lock, out)
+        lock = None
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+    finally:
+        unlock_run(lock, out)
+
+
 def unlock_run(fd, out) -> None:
     """Remove ``out/.lock`` (still under the lock) and release it."""
     if fd is not None:

@@ -56,7 +56,6 @@ Contract:
 from __future__ import annotations
 
 import argparse  # noqa: F401: the flag types raise argparse.ArgumentTypeError (tests reach it as cli.argparse)
-import contextlib
 import functools
 import os
 import re
@@ -70,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import (__version__, _files, _idx, _inputs, _progress, _rundir as rundir, _usermodel, checkpoint,
+from jaxscratch import (__version__, _idx, _inputs, _progress, _rundir as rundir, _usermodel, checkpoint,
                         compile_cache, data, devices, nn, optim, plot, runlog, sweep, train)
 from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS, UsageError, _flag, _init_scale,
                                _widths, build_optimizer, build_parser, data_parallel, stored_config, train_config)
@@ -170,42 +169,27 @@ def cmd_train(args) -> int:
     _check_memory(model, optimizer, cfg)
     state = best = history = None
     if args.resume:
-        template = _template(cfg, model, optimizer)
-        try:
-            restored = checkpoint.restore(ckpt, like={"state": template, "best": template})
-        except (checkpoint.CheckpointError, OSError) as err:
-            raise UsageError(f"--resume: {_first_problem(str(err))}") from None
-        state, best = restored["state"], restored["best"]
-        history = meta["history"]
-    created = rundir.make_dirs(out)  # every input is checked: now the run may write
-    present = set(os.listdir(out))
-    lock = None
-    try:
-        lock = rundir.lock_run(out)  # one train per folder; released however this process ends
+        (state, best), history = _restore(ckpt, cfg, model, optimizer), meta["history"]
+    with rundir.claimed(out, CHECKPOINT, logged=lambda name: name == JSONL or name.startswith(runlog.EVENTS)):
         if args.resume and rundir.signature(ckpt) != saved:
             raise UsageError(f"--resume: {ckpt} changed while this command started (another jaxscratch train "
                              f"saved it); run the command again")
         if not args.resume and (os.path.exists(ckpt) or os.path.exists(os.path.join(out, METRICS))):
             raise UsageError(f"{out} already holds a run (another jaxscratch train saved it while this command "
                              f"started); pass --resume to continue it or choose another --out")
-        _files.remove_temporaries(out)  # left by a killed save
         run = {"config": cfg, "sizes": sizes, "input_shape": list(ds.x_train.shape[1:]), "model_sha256": sha,
                **_inputs.provenance(cfg, ds)}
         return _train(args, run, ds, model, optimizer, (xt, yt), (xv, yv), state, best, history, mesh, display)
-    except BaseException:
-        if not os.path.exists(ckpt):  # no epoch saved: the metrics it logged go too
-            for name in set(os.listdir(out)) - present:
-                if name == JSONL or name.startswith(runlog.EVENTS):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(out, name))
-        rundir.unlock_run(lock, out)
-        lock = None
-        for folder in reversed(created):  # stopped before the first checkpoint: leave no empty --out
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-        raise
-    finally:
-        rundir.unlock_run(lock, out)
+
+
+def _restore(ckpt, cfg, model, optimizer) -> tuple:
+    """``(state, best)`` of the checkpoint to resume."""
+    template = _template(cfg, model, optimizer)
+    try:
+        restored = checkpoint.restore(ckpt, like={"state": template, "best": template})
+    except (checkpoint.CheckpointError, OSError) as err:
+        raise UsageError(f"--resume: {_first_problem(str(err))}") from None
+    return restored["state"], restored["best"]
 
 
 def _resume_config(args, ckpt) -> tuple[dict, dict]:
