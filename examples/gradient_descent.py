@@ -1,6 +1,6 @@
 """Chapter 4: gradient descent on f(x0, x1) = x0^2 + x1^2 from (-3, 4).
 
-    python examples/gradient_descent.py [--quick] [--out figures]
+    python examples/gradient_descent.py [--quick] [--out figures] [--no-plot]
 
 Each step is x <- x - lr * grad f(x) = (1 - 2 lr) x, so with lr 0.1 the point shrinks by
 0.8 per step and ends at (-3, 4) * 0.8^20. Expected output (float32):
@@ -13,17 +13,20 @@ Each step is x <- x - lr * grad f(x) = (1 - 2 lr) x, so with lr 0.1 the point sh
     lr 1e-10:  x (-3.0000, 4.0000)  barely moves (in float32 not at all: the step is below an ulp)
     saved figures/gradient_descent.png
 
+then, on a terminal (or with --plot), f per step drawn in text (the seed's print_graph).
+
 (The book prints (-2.58e13, -1.29e12) for lr 10 because its numerical gradient breaks down
 at such sizes; jax.grad is exact.) The figure needs matplotlib and is skipped without it.
 """
 import argparse
 import os
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 
 import jaxscratch
-from jaxscratch import landscapes
+from jaxscratch import landscapes, plot
 
 jaxscratch.devices.use_cpu_cores()  # one JAX device per CPU core: sweeps split their trials over them
 jaxscratch.compile_cache.enable()  # compiled programs kept on disk between runs (JAXSCRATCH_COMPILE_CACHE=off)
@@ -65,6 +68,8 @@ def main(argv=None) -> np.ndarray:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="coarser contour grid (the test suite's mode)")
     parser.add_argument("--out", default="figures", help="folder for the PNG (default: figures)")
+    parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None,
+                        help="draw f per step in the terminal (default: when stdout is a terminal)")
     args = parser.parse_args(argv)
 
     x0 = jnp.array(START)
@@ -79,6 +84,8 @@ def main(argv=None) -> np.ndarray:
         print(f"{f'lr {lr:g}:':10s} x {fmt(end)}  {verdict}")
 
     save_figure(path, args.out, n=60 if args.quick else 200)
+    if args.plot if args.plot is not None else sys.stdout.isatty():
+        print("\n".join(plot.text_plot({f"f(x) per step, lr {LEARNING_RATE}": f}, title="gradient descent")))
     return path
 
 

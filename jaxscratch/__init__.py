@@ -9,12 +9,14 @@ as ``(init, update)`` pairs; their interface and wrappers in ``_transforms``), `
 (matplotlib) is imported only on demand; ``testing`` (cross-checks of two optimizers, pytree
 assertions) sits beside ``train``; ``compile_cache`` (compiled programs on disk, enabled
 by the command line only) and ``devices`` (one JAX device per CPU core, for sweeps) stand alone;
-every compiled program is kept by the private ``_compiled``.
+``runlog`` (``metrics.jsonl`` and TensorBoard events as ``fit``'s ``on_epoch``) sits beside
+``train``; every compiled program is kept by the private ``_compiled``, every file is written
+by the private ``_files``.
 """
 __version__ = "0.5.0"
 
-from jaxscratch import (checkpoint, compile_cache, data, devices, gradcheck, landscapes, losses, nn, optim, schedules, sweep,
-                        testing, train)
+from jaxscratch import (checkpoint, compile_cache, data, devices, gradcheck, landscapes, losses, nn, optim, runlog, schedules,
+                        sweep, testing, train)
 
 __all__ = ["__version__", "checkpoint", "compile_cache", "data", "devices", "gradcheck", "landscapes", "losses", "nn", "optim",
-           "schedules", "sweep", "testing", "train"]
+           "runlog", "schedules", "sweep", "testing", "train"]

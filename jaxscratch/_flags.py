@@ -405,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
     t.add_argument("--debug", action="store_true", help="show the traceback of an error in a --model file")
     t.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
-    t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files into --out, "
+                   "one event per epoch (viewing them needs TensorBoard; writing them needs nothing)")
+    _display_flags(t)
 
     e = sub.add_parser("evaluate", help="report a finished run's loss and accuracy")
     e.add_argument("run", help="run directory")
@@ -433,4 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=TRAIN_TYPES["seed"], default=0, help=f"0 to {SEED_MAX} (default: 0)")
     c.add_argument("--quick", action="store_true", help="200 iterations")
     c.add_argument("--out", default="runs/compare", help="(default: runs/compare)")
+    _display_flags(c)
     return p
+
+
+def _display_flags(p) -> None:
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and the final result")
+    p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the loss and accuracy curves in the terminal at the end (default: when stdout is a terminal)")

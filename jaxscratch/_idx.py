@@ -14,12 +14,13 @@ import hashlib
 import http.client
 import math
 import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from jaxscratch import _files
 
 
 class DataError(ValueError):
@@ -109,26 +110,19 @@ def _find_local(directory: Path, filename: str) -> Path | None:
 
 def _download(url: str, dest: Path, md5: str, timeout: float) -> np.ndarray:
     """Stream ``url`` to a temporary file beside ``dest``; check it; rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    with _files.replacing(dest) as (f, tmp), urllib.request.urlopen(url, timeout=timeout) as resp:
         digest, received = hashlib.md5(), 0
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as resp:
-            announced = resp.headers.get("Content-Length")
-            while chunk := resp.read(1 << 16):
-                f.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
+        announced = resp.headers.get("Content-Length")
+        while chunk := resp.read(1 << 16):
+            f.write(chunk)
+            digest.update(chunk)
+            received += len(chunk)
         if announced is not None and received != int(announced):
             raise DataError(f"connection closed after {received} of {announced} bytes")
         if digest.hexdigest() != md5:
             raise DataError(f"MD5 mismatch: expected {md5}; found {digest.hexdigest()}")
-        array = read_idx(tmp)  # structure check before the file may enter the cache
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared JAXSCRATCH_DATA should be readable
-        os.replace(tmp, dest)
-        return array
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        f.flush()
+        return read_idx(tmp)  # structure check before the file may enter the cache (renamed on return)
 
 
 def _fetch(filename: str, name: str, path, cache_dir, mirrors, timeout, source) -> np.ndarray:

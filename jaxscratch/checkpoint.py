@@ -40,7 +40,8 @@ Member ``__manifest__`` is a UTF-8 JSON document stored as a ``uint8`` array::
 bytes in C order. Saving the same tree twice gives identical files (zip timestamps are fixed).
 
 Atomicity: ``save`` writes a temporary file ``.<name>.<random>.tmp`` in the same directory,
-flushes and fsyncs it, ``os.replace``-s it onto ``path`` and fsyncs the directory, so ``path``
+flushes and fsyncs it, ``os.replace``-s it onto ``path`` (onto the file a symlink names) and
+fsyncs the directory (the package's one writer, the private ``_files``), so ``path``
 always holds either the old checkpoint or the complete new one. On an exception the temporary
 file is removed; if the process is killed mid-save it stays behind (``restore`` never reads it,
 and it is safe to delete). The hooks ``_after_leaf(index)`` and ``_before_replace(tmp_path)``
@@ -53,13 +54,14 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import zipfile
 import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxscratch import _files
 
 __all__ = ["CheckpointError", "save", "restore", "load_metadata", "FORMAT", "VERSION"]
 
@@ -173,30 +175,6 @@ def _write_member(zf: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
         np.lib.format.write_array(member, arr, allow_pickle=False)
 
 
-def _create_temp(path: str) -> tuple[int, str]:
-    """A new, uniquely named file next to ``path``. Unlike ``tempfile.mkstemp`` (mode 0600) it
-    is created with mode 0666 less the umask, so the checkpoint gets the usual permissions."""
-    directory, name = os.path.split(os.path.abspath(path))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temporary file next to {path}")
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable."""
-    with contextlib.suppress(OSError):  # e.g. Windows cannot open a directory: nothing to sync
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_zip(f, arrays: list[np.ndarray], manifest: dict) -> None:
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for i, arr in enumerate(arrays):
@@ -206,20 +184,10 @@ def _write_zip(f, arrays: list[np.ndarray], manifest: dict) -> None:
 
 
 def _write_atomically(path: str, write) -> None:
-    """``write(file)`` into a temporary file, then rename it onto ``path``; all or nothing."""
-    fd, tmp = _create_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        _before_replace(tmp)
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt too: never leave our temporary file behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    """``write(file)`` into a temporary file, then rename it onto ``path``; all or nothing
+    (``_files.replacing``: the package's one writer)."""
+    with _files.replacing(path, before_replace=lambda tmp: _before_replace(tmp)) as (f, _):
+        write(f)
 
 
 def save(path, tree, *, metadata: dict | None = None) -> None:

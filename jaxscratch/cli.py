@@ -1,9 +1,13 @@
 """The ``jaxscratch`` command: ``train``, ``evaluate``, ``predict``, ``compare``.
 
-This module knows about files and printing; its private ``_flags`` holds the flags, their types
-and the run configuration they make. A run directory holds ``checkpoint.npz`` (the last epoch's
-whole state, the configuration and history), ``best.npz`` (the best-validation state),
-``metrics.json`` and ``training.png``.
+This module holds each command's flow; its private helpers hold the rest: ``_flags`` (the flags,
+their types and the run configuration they make), ``_rundir`` (the run folder, its lock, checked
+outputs), ``_usermodel`` (a ``--model`` file), ``_inputs`` (data provenance, ``predict``'s
+inputs), ``_progress`` (the display). Every file is written by ``_files``. A run directory holds
+``checkpoint.npz`` (the last epoch's whole state, the configuration and history), ``best.npz``
+(the best-validation state), ``metrics.jsonl`` (one line per finished epoch, appended and fsynced
+as it ends: :mod:`jaxscratch.runlog`), ``metrics.json`` and ``training.png`` (at the end), and
+TensorBoard event files with ``--tensorboard``.
 
 Contract:
   * Every flag is checked as it is parsed: its type (ints in ASCII digits, finite numbers,
@@ -35,44 +39,45 @@ Contract:
     command imports it from there and refuses a changed file. An exception in the file is one
     line with its line number; ``--debug`` prints its traceback too. ``--loss mse`` trains on an
     ``.npz``'s numeric targets and reports RMSE.
-  * A diverging run exits 1. Ctrl-C or SIGTERM exits 130 with the last finished epoch saved;
-    ``--resume`` then finishes the run bit-identically to an uninterrupted one.
+  * ``train`` says what it does as it does it: loading (which files, from where), compiling
+    (which program), then each epoch. On a terminal a status line (epoch, bar, steps/s, the
+    latest loss, ETA) is redrawn in place at least once a second: epochs run in compiled chunks
+    of :data:`CHUNK_STEPS` steps (``train.fit``'s ``chunk_steps``; bit-identical results) and a
+    timer redraws the clock. Not on a terminal: plain lines. ``--quiet``: only errors and the
+    final result. At the end ``train`` and ``compare`` draw their curves in the terminal
+    (``plot.text_plot``; ``--plot`` / ``--no-plot``, by default only on a terminal).
+  * A diverging run exits 1. Ctrl-C or SIGTERM exits 130 with the last finished epoch saved. After
+    any of the three, once an epoch was saved, the folder also holds ``best.npz`` and a
+    ``metrics.json`` marked ``"interrupted": true`` with ``"epochs_done"`` and ``"stopped_by"``
+    (``interrupted`` or ``diverged``), so ``evaluate`` and ``predict`` work on it; ``--resume``
+    then finishes the run bit-identically to an uninterrupted one (``metrics.jsonl`` cut back to
+    the checkpoint's epoch). A SIGKILL loses at most the epoch in flight.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
-import hashlib
-import importlib.util
-import json
 import os
-import re
 import signal
-import stat
 import sys
-import tempfile
 import time
-import traceback
-import zipfile
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import __version__, checkpoint, compile_cache, data, devices, nn, optim, sweep, train
+from jaxscratch import (__version__, _idx, _inputs, _progress, _rundir as rundir, _usermodel, checkpoint,
+                        compile_cache, data, devices, nn, optim, plot, runlog, sweep, train)
 from jaxscratch._flags import (DECOUPLED_DECAY, DEFAULTS, OPT_FLAGS, PRECISIONS, UsageError, _flag, _init_scale,
                                _widths, build_optimizer, build_parser, data_parallel, stored_config, train_config)
-
-CHECKPOINT, BEST, METRICS, FIGURE = "checkpoint.npz", "best.npz", "metrics.json", "training.png"
-RUN_FILES = (CHECKPOINT, BEST, METRICS, FIGURE)
+from jaxscratch._rundir import BEST, CHECKPOINT, FIGURE, JSONL, METRICS
 
 
 # ----------------------------------------------------------------- configuration
 def _run_meta(path, *, resumable=False) -> dict:
     """A run checkpoint's metadata, its configuration checked (``_flags.stored_config``)."""
-    meta = _read_meta(path)
+    meta = rundir.read_meta(path)
     return dict(meta, config=stored_config(meta, path, resumable=resumable))
 
 
@@ -119,40 +124,7 @@ def _model(cfg, sizes, input_shape, *, sha256=None, debug=False) -> tuple[nn.Mod
     if cfg.get("model") is None:
         return nn.mlp_model(sizes, activation=cfg["activation"], weight_init=_init_scale(cfg["weight_init"]),
                             batchnorm=cfg["batchnorm"], drop_rate=cfg["dropout"], dropout_mode=cfg["dropout_mode"]), None
-    return _user_model(cfg["model"], tuple(input_shape), sizes[-1], sha256=sha256, debug=debug)
-
-
-_RAW_SCALE = {"digits": 16, "mnist": 255, "fashion-mnist": 255}  # what data.py divides their integer images by
-
-
-def _provenance(cfg, ds) -> dict:
-    """What a run stores of its data, so that later commands can check it and do the same: the
-    SHA-256 of the arrays it trained on (as loaded: after scaling and flattening), the
-    preprocessing (integer images divided by ``scale``; the training inputs' range after it) and,
-    for an ``.npz``, which arrays were used and how its test rows were chosen (``data_source``)."""
-    scale = _RAW_SCALE.get(cfg["dataset"]) or (255 if ds.source is not None and ds.source.integer_inputs else None)
-    x = ds.x_train
-    return {"data_sha256": _data_digest(ds),
-            "preprocessing": {"integer_inputs_divided_by": scale, "input_range": [float(x.min()), float(x.max())]},
-            **({"data_source": data.npz_record(ds.source)} if ds.source is not None else {})}
-
-
-def _data_digest(ds) -> str:
-    h = hashlib.sha256()
-    for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.reshape(-1).view(np.uint8))
-    return h.hexdigest()
-
-
-def _check_same_data(meta, cfg, ds, during: str) -> None:
-    """Refuse data whose arrays differ from those the run was trained on (runs that predate the
-    checksum are not checked)."""
-    stored = meta.get("data_sha256")
-    if stored is not None and (now := _data_digest(ds)) != stored:
-        raise UsageError(f"{during}{cfg['dataset']} changed since the run was trained (SHA-256 of its arrays "
-                         f"{stored[:12]}..., now {now[:12]}...); use the data it was trained on, or train a new run")
+    return _usermodel.user_model(cfg["model"], tuple(input_shape), sizes[-1], sha256=sha256, debug=debug)
 
 
 def _template(cfg, model, optimizer):
@@ -161,315 +133,28 @@ def _template(cfg, model, optimizer):
     return train.init_state(key, params, optimizer, model_state)
 
 
-# ----------------------------------------------------------------- a user's model file
-def _absolute_model(spec: str) -> str:
-    """``FILE.py:FUNCTION`` with the file's absolute path (a run must find it from anywhere)."""
-    path, _, func = spec.rpartition(":")
-    return f"{os.path.abspath(path)}:{func}"
-
-
-def _user_model(spec: str, input_shape: tuple, outputs: int, *, sha256=None, debug=False):
-    """Import ``FILE.py``, call ``FUNCTION(input_shape, outputs)``; an error in the file is one
-    line naming it and the line (its own traceback with ``--debug``)."""
-    path, _, func = spec.rpartition(":")
-    try:
-        with open(path, "rb") as f:
-            source = f.read()
-    except OSError as err:
-        raise UsageError(f"cannot read the model file {path}: {err.strerror or err}") from None
-    digest = hashlib.sha256(source).hexdigest()
-    if sha256 is not None and digest != sha256:
-        raise UsageError(f"the model file {path} changed since the run was trained (SHA-256 {sha256[:12]}..., now "
-                         f"{digest[:12]}...); restore that version of the file or train a new run")
-    name = "_jaxscratch_model_" + hashlib.sha256(f"{path}\0{digest}".encode()).hexdigest()[:16]  # file and content
-    stage = "while it was imported"
-    try:
-        module = sys.modules.get(name)
-        if module is None:
-            spec_ = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec_)
-            sys.modules[name] = module  # dataclasses (flax modules) look their module up while the file runs
-            try:
-                spec_.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[name]
-                raise
-        if not callable(getattr(module, func, None)):
-            found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
-                           and getattr(v, "__module__", None) == name)
-            raise UsageError(f"the model file {path} has no function {func!r}; it defines {', '.join(found) or 'none'}")
-        stage = f"in {func}{input_shape, outputs}"
-        model = getattr(module, func)(input_shape, outputs)
-    except UsageError:
-        raise
-    except Exception as err:  # anything the user's code raises, SyntaxError included
-        if debug:
-            traceback.print_exception(err, file=sys.stderr)
-        raise UsageError(_user_error(path, stage, err, debug)) from None
-    if not isinstance(model, nn.Model):
-        raise UsageError(f"{func}() in the model file {path} must return an nn.Model (nn.mlp_model, nn.from_flax, "
-                         f"nn.from_equinox or nn.Model(init, apply)); it returned {type(model).__name__}")
-    return model, digest
-
-
-def _user_error(path, stage, err, debug) -> str:
-    line = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else next(
-        (f.lineno for f in reversed(traceback.extract_tb(err.__traceback__)) if f.filename == path), None)
-    where = f" at line {line}" if line else ""
-    text = str(err).splitlines()[0] if str(err) else ""
-    hint = "" if debug else "; pass --debug for its traceback"
-    return f"the model file {path} failed{where} {stage}: {type(err).__name__}: {text}{hint}"
-
-
-# ----------------------------------------------------------------- files
-def _check_target(path, flag, *, run_dir=None, inputs=(), force=False) -> None:
-    """Refuse, before any work, an output file whose folder is missing or that is a folder, one of
-    the run's own files (or an input), and an existing file unless ``force``. A device or a FIFO
-    (``/dev/null``, ``/dev/stdout``) is fine: :func:`_write_file` writes into it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder):
-        raise UsageError(f"{flag} {path}: expected a file in an existing folder; "
-                         f"{'it is a folder' if os.path.isdir(path) else f'no folder {folder}'}")
-    for name in RUN_FILES if run_dir is not None else ():
-        if _same_file(path, os.path.join(run_dir, name)):
-            raise UsageError(f"{flag} {path}: expected a file outside the run; it is the run's own {name}, which "
-                             f"it would destroy; choose another file")
-    for other in inputs:
-        if _same_file(path, other):
-            raise UsageError(f"{flag} {path}: expected a new file; it is the input file {other}; choose another file")
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:  # no such file (the usual case), or one the write will report
-        return
-    if stat.S_ISREG(mode) and not force:
-        raise UsageError(f"{flag} {path}: the file exists; pass --force to replace it")
-
-
-def _same_file(a, b) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)  # a hard link, say
-    except OSError:
-        return False
-
-
-def _make_dirs(path, flag="--out") -> list[str]:
-    """Create the folder ``path``; return the folders this created, outermost first."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{flag} {path}: expected a folder; found a file")
-    created, p = [], os.path.abspath(path)
-    while not os.path.exists(p):
-        created, p = [p, *created], os.path.dirname(p)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create {flag} {path}: {err.strerror or err}") from None
-    return created
-
-
-def _write_file(path, write, what) -> None:
-    """``write(binary file)`` into a temporary file beside ``path``, then rename it onto ``path``
-    (onto the file a symlink points to). Into a device or a FIFO (``/dev/null``) it writes in
-    place: a rename would replace the device itself."""
-    tmp = None
-    try:
-        try:
-            special = not stat.S_ISREG(os.stat(path).st_mode)
-        except FileNotFoundError:
-            special = False
-        if special:
-            with open(path, "wb") as f:
-                write(f)
-            return
-        target = os.path.realpath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, target)
-    except OSError as err:
-        raise UsageError(f"cannot write {what}{' ' if what else ''}{path}: {err.strerror or err}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-
-
-LOCK = ".lock"  # in --out while a train runs: holds its pid, locked (flock) until the process ends
-_TEMPORARY = re.compile(r"\.tmp-.*|\..+\.[0-9a-f]{12}\.tmp")  # _write_file's and plot's; checkpoint._create_temp's
-
-
-def _lock_run(out) -> int:
-    """Lock the run folder ``out`` for this process (``fcntl.flock`` on ``out/.lock``, which the OS
-    releases when the process ends, killed or not); refuse a folder another process holds."""
-    path = os.path.join(out, LOCK)
-    for _ in range(10):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise UsageError(f"cannot create the lock file {path}: {err.strerror or err}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            pid = os.read(fd, 32).decode(errors="replace").strip() if isinstance(err, BlockingIOError) else ""
-            os.close(fd)
-            if isinstance(err, BlockingIOError):
-                raise UsageError(f"--out {out}: another jaxscratch train is using this run folder"
-                                 f"{f' (pid {pid})' if pid.isdigit() else ''}; wait for it or choose another --out") from None
-            raise UsageError(f"cannot lock {path}: {err.strerror or err}") from None
-        try:  # the holder before us may have removed the file as we opened it: lock the one in the folder
-            here, mine = os.stat(path), os.fstat(fd)
-            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                return fd
-        except OSError:
-            pass
-        os.close(fd)
-    raise UsageError(f"--out {out}: cannot lock the run folder ({path} keeps changing); try again")
-
-
-def _unlock_run(fd, out) -> None:
-    """Remove ``out/.lock`` (still under the lock) and release it."""
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(out, LOCK))
-        os.close(fd)
-
-
-def _remove_temporaries(out) -> None:
-    """Delete the temporary files a killed save left in ``out`` (the lock is held: none is in use)."""
-    for name in os.listdir(out):
-        full = os.path.join(out, name)
-        if _TEMPORARY.fullmatch(name) and os.path.isfile(full) and not os.path.islink(full):
-            with contextlib.suppress(OSError):
-                os.unlink(full)
-
-
-class _Tolerant:
-    """A text stream passing writes to ``stream`` until one fails (``| head`` closed the pipe, a
-    full disk), then dropping them: a run goes on and saves when its terminal goes away. The
-    stream's file descriptor then points at ``os.devnull``, so Python's last flush at exit
-    succeeds instead of printing an ignored BrokenPipeError."""
-
-    def __init__(self, stream):
-        self._stream, self.failed = stream, False
-
-    def write(self, text):
-        if not self.failed:
-            try:
-                return self._stream.write(text)
-            except OSError:
-                self._fail()
-        return len(text)
-
-    def flush(self):
-        if not self.failed:
-            try:
-                self._stream.flush()
-            except OSError:
-                self._fail()
-
-    def _fail(self):
-        self.failed = True
-        try:
-            fd = self._stream.fileno()
-        except (OSError, ValueError, AttributeError):  # a StringIO, say: nothing to redirect
-            return
-        with contextlib.suppress(OSError):
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, fd)
-            os.close(null)
-        with contextlib.suppress(Exception):
-            self._stream.flush()  # what it still buffered goes to os.devnull
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def _tolerant_output():
-    """``sys.stdout`` and ``sys.stderr`` as :class:`_Tolerant` streams while a command runs."""
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (None if s is None else _Tolerant(s) for s in saved)
-    try:
-        yield
-    finally:
-        for s in (sys.stdout, sys.stderr):
-            if s is not None:
-                s.flush()
-        sys.stdout, sys.stderr = saved
-
-
-def _write_json(path, obj, what="") -> None:
-    text = json.dumps(_json_safe(obj), indent=1, allow_nan=False)
-    _write_file(path, lambda f: f.write(text.encode()), what)
-
-
-def _json_safe(obj):
-    """``obj`` with every NaN or Inf (a skipped step's loss) as None: standard JSON has no NaN."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _history_json(history) -> dict:
-    return {k: np.asarray(v).tolist() for k, v in history.items()}
-
-
-def _read_meta(path):
-    try:
-        return checkpoint.load_metadata(path)
-    except (checkpoint.CheckpointError, OSError) as err:
-        raise UsageError(str(err)) from None
-
-
 # ----------------------------------------------------------------- commands
-def _signature(path):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
 def cmd_train(args) -> int:
     out = args.out
     ckpt = os.path.join(out, CHECKPOINT)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: expected a folder; found a file")
     if args.model is not None:
-        args.model = _absolute_model(args.model)  # stored, and compared on --resume, as an absolute path
+        args.model = _usermodel.absolute_model(args.model)  # stored, and compared on --resume, as an absolute path
     if args.dataset is not None and args.dataset.endswith(".npz"):
         args.dataset = os.path.abspath(args.dataset)  # likewise: evaluate from another folder reads this file
     if args.resume:
-        if not os.path.exists(ckpt):
-            raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
-        saved = _signature(ckpt)  # the checkpoint read here; another train may replace it before the lock
-        meta = _run_meta(ckpt, resumable=True)  # read once: the configuration now, the history after restoring
-        stored = meta["config"]
-        for k in list(DEFAULTS) + OPT_FLAGS:
-            given, kept = getattr(args, k), stored.get(k, DEFAULTS.get(k))
-            if k not in ("epochs", "devices") and given is not None and given != kept:
-                raise UsageError(f"--resume: {_flag(k)} {given!r} conflicts with the run's "
-                                 f"{'default' if kept is None else repr(kept)}; a resumed run keeps its "
-                                 f"configuration (only --epochs and --devices may change)")
-        cfg = dict(stored, **{k: getattr(args, k) for k in ("epochs", "devices") if getattr(args, k) is not None})
-        done = len(meta["history"].get("epoch", []))
-        if cfg["epochs"] < done:
-            raise UsageError(f"--resume: --epochs {cfg['epochs']} is fewer than the {done} epochs already run in {out}")
+        saved = rundir.signature(ckpt)  # the checkpoint read here; another train may replace it before the lock
+        cfg, meta = _resume_config(args, ckpt)
     else:
         if os.path.exists(ckpt) or os.path.exists(os.path.join(out, METRICS)):
             raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         cfg = train_config(args)
     cfg["devices"], mesh = data_parallel(cfg)  # "all" is stored as the number it meant
-    ds, (xt, yt), (xv, yv) = load_data(cfg, meta.get("data_source") if args.resume else None)
+    display = _progress.Display(sys.stdout, quiet=args.quiet, epochs=cfg["epochs"])
+    with display:  # closed again by _train; here it shows the loading
+        display.phase(_loading_text(cfg))
+        ds, (xt, yt), (xv, yv) = load_data(cfg, meta.get("data_source") if args.resume else None)
     if ds.source is not None and not args.quiet:
         print(f"data: {data.describe_npz(ds.source)}")  # which arrays, and any test rows held out
     steps_per_epoch = len(xt) // cfg["batch_size"]
@@ -481,42 +166,69 @@ def cmd_train(args) -> int:
         raise UsageError(f"--resume: the run's model has layer sizes {meta['sizes']} but {cfg['dataset']} now "
                          f"gives {sizes}; the dataset changed since the run began")
     if args.resume:
-        _check_same_data(meta, cfg, ds, "--resume: ")
+        _inputs.check_same_data(meta, cfg, ds, "--resume: ")
     model, sha = _model(cfg, sizes, ds.x_train.shape[1:], sha256=meta.get("model_sha256") if args.resume else None,
                         debug=args.debug)
     _check_memory(model, optimizer, cfg)
     state = best = history = None
     if args.resume:
-        template = _template(cfg, model, optimizer)
-        try:
-            restored = checkpoint.restore(ckpt, like={"state": template, "best": template})
-        except (checkpoint.CheckpointError, OSError) as err:
-            raise UsageError(f"--resume: {_first_problem(err)}") from None
-        state, best = restored["state"], restored["best"]
-        history = meta["history"]
-    created = _make_dirs(out)  # every input is checked: now the run may write
-    lock = None
-    try:
-        lock = _lock_run(out)  # one train per folder; released however this process ends
-        if args.resume and _signature(ckpt) != saved:
+        (state, best), history = _restore(ckpt, cfg, model, optimizer), meta["history"]
+    with rundir.claimed(out, CHECKPOINT, logged=lambda name: name == JSONL or name.startswith(runlog.EVENTS)):
+        if args.resume and rundir.signature(ckpt) != saved:
             raise UsageError(f"--resume: {ckpt} changed while this command started (another jaxscratch train "
                              f"saved it); run the command again")
         if not args.resume and (os.path.exists(ckpt) or os.path.exists(os.path.join(out, METRICS))):
             raise UsageError(f"{out} already holds a run (another jaxscratch train saved it while this command "
                              f"started); pass --resume to continue it or choose another --out")
-        _remove_temporaries(out)  # left by a killed save
         run = {"config": cfg, "sizes": sizes, "input_shape": list(ds.x_train.shape[1:]), "model_sha256": sha,
-               **_provenance(cfg, ds)}
-        return _train(args, run, ds, model, optimizer, (xt, yt), (xv, yv), state, best, history, mesh)
-    except BaseException:
-        _unlock_run(lock, out)
-        lock = None
-        for folder in reversed(created):  # stopped before the first checkpoint: leave no empty --out
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-        raise
-    finally:
-        _unlock_run(lock, out)
+               **_inputs.provenance(cfg, ds)}
+        return _train(args, run, ds, model, optimizer, (xt, yt), (xv, yv), state, best, history, mesh, display)
+
+
+def _restore(ckpt, cfg, model, optimizer) -> tuple:
+    """``(state, best)`` of the checkpoint to resume."""
+    template = _template(cfg, model, optimizer)
+    try:
+        restored = checkpoint.restore(ckpt, like={"state": template, "best": template})
+    except (checkpoint.CheckpointError, OSError) as err:
+        raise UsageError(f"--resume: {_first_problem(str(err))}") from None
+    return restored["state"], restored["best"]
+
+
+def _resume_config(args, ckpt) -> tuple[dict, dict]:
+    """``(configuration, metadata)`` of the run to resume: its stored configuration with the new
+    ``--epochs`` and ``--devices``; any other flag that differs from it is refused."""
+    if not os.path.exists(ckpt):
+        raise UsageError(f"--resume: no checkpoint at {ckpt}; start a new run without --resume")
+    meta = _run_meta(ckpt, resumable=True)  # read once: the configuration now, the history after restoring
+    stored = meta["config"]
+    for k in list(DEFAULTS) + OPT_FLAGS:
+        given, kept = getattr(args, k), stored.get(k, DEFAULTS.get(k))
+        if k not in ("epochs", "devices") and given is not None and given != kept:
+            raise UsageError(f"--resume: {_flag(k)} {given!r} conflicts with the run's "
+                             f"{'default' if kept is None else repr(kept)}; a resumed run keeps its "
+                             f"configuration (only --epochs and --devices may change)")
+    cfg = dict(stored, **{k: getattr(args, k) for k in ("epochs", "devices") if getattr(args, k) is not None})
+    done = len(meta["history"].get("epoch", []))
+    if cfg["epochs"] < done:
+        raise UsageError(f"--resume: --epochs {cfg['epochs']} is fewer than the {done} epochs already run in {args.out}")
+    return cfg, meta
+
+
+def _loading_text(cfg) -> str:
+    """What loading the data does: which files, from where (the first folder holding them, in the
+    order ``data`` searches), or a download."""
+    name, files = cfg["dataset"], ", ".join(data.IDX_FILES.values())
+    if name not in ("mnist", "fashion-mnist"):
+        return f"loading {name}" + (" (shipped with the package)" if name == "digits" else "")
+    if cfg.get("dataset_dir"):
+        return f"loading {name} from {cfg['dataset_dir']} ({files})"
+    system = data.MNIST_SYSTEM_DIRS if name == "mnist" else data.FASHION_MNIST_SYSTEM_DIRS
+    folders = [_idx._cache_dir(name, None), *system]
+    for folder in folders:
+        if all(_idx._find_local(Path(folder), f) for f in data.IDX_FILES.values()):
+            return f"loading {name} from {folder} ({files})"
+    return f"loading {name}: {files}, downloading what is missing into {folders[0]}"
 
 
 def _check_memory(model, optimizer, cfg) -> None:
@@ -539,38 +251,77 @@ def _check_memory(model, optimizer, cfg) -> None:
                          f"{have / 2**30:.3g} GiB of memory available on {device.platform}; choose a smaller model")
 
 
-def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, history, mesh) -> int:
-    out, ckpt = args.out, os.path.join(args.out, CHECKPOINT)
-    cfg = run["config"]
-    decoupled = cfg["optimizer"] in DECOUPLED_DECAY
-    start = time.perf_counter()
+CHUNK_STEPS = 50  # steps per compiled chunk when progress is drawn in place: one read of the losses per chunk
 
-    def save(epoch, result):
-        meta = {**run, "history": _history_json(result.history), "version": __version__}
+
+def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, history, mesh, display) -> int:
+    """Train with the progress display, ``metrics.jsonl`` and a checkpoint after every epoch; then
+    (or after Ctrl-C, SIGTERM or a divergence, from the last checkpoint) ``best.npz`` and
+    ``metrics.json``, the result line and the curves."""
+    out, cfg = args.out, run["config"]
+    log, start, saved = runlog.metrics_logger(out, tensorboard=args.tensorboard), time.perf_counter(), []
+
+    def on_epoch(epoch, result):
         try:
-            checkpoint.save(ckpt, {"state": result.state, "best": result.best}, metadata=meta)
+            log(epoch, result)
         except OSError as err:
-            raise UsageError(f"cannot write the checkpoint {ckpt}: {err.strerror or err}") from None
+            raise UsageError(f"cannot write epoch {epoch}'s metrics into {out}: {err.strerror or err}") from None
+        _save(out, CHECKPOINT, run, result.state, result.best, result.history)
+        saved.append(epoch)
+        display.epoch(train._fmt({k: v[-1] for k, v in result.history.items()}, epoch, cfg["epochs"]))
 
+    what = f"model {cfg['model']}" if cfg.get("model") else f"MLP {'-'.join(map(str, run['sizes']))}"
+    display.phase(f"compiling the training program ({what}, {cfg['optimizer']}, batch {cfg['batch_size']})")
     try:
-        result = train.fit(
-            jax.random.key(cfg["seed"]), model, optimizer, train_set, epochs=cfg["epochs"],
-            batch_size=cfg["batch_size"], loss=cfg["loss"], validation=val_set, test=(ds.x_test, ds.y_test) if len(ds.x_test) else None,
-            weight_decay=0.0 if decoupled else cfg["weight_decay"], sampling=cfg["sampling"], state=state, best=best,
-            history=history, verbose=not args.quiet, on_epoch=save, mesh=mesh,
-            compute_dtype=PRECISIONS[cfg["precision"]])
+        with display:
+            result = train.fit(
+                jax.random.key(cfg["seed"]), model, optimizer, train_set, epochs=cfg["epochs"],
+                batch_size=cfg["batch_size"], loss=cfg["loss"], validation=val_set,
+                test=(ds.x_test, ds.y_test) if len(ds.x_test) else None, sampling=cfg["sampling"],
+                weight_decay=0.0 if cfg["optimizer"] in DECOUPLED_DECAY else cfg["weight_decay"], state=state,
+                best=best, history=history, verbose=False, on_epoch=on_epoch, mesh=mesh,
+                compute_dtype=PRECISIONS[cfg["precision"]], chunk_steps=CHUNK_STEPS if display.tty else None,
+                on_steps=display.steps)
     except (ValueError, TypeError) as err:
         if cfg.get("model") is None or isinstance(err, checkpoint.CheckpointError):
             raise
         raise UsageError(f"the model from {cfg['model']} cannot train on {ds.name}: {_one_line(str(err))}") from err
-    wall = time.perf_counter() - start
-    save(None, result)
+    except (KeyboardInterrupt, FloatingPointError) as err:
+        if saved:  # best.npz and metrics.json from the last checkpoint: evaluate and predict work on it
+            template = _template(cfg, model, optimizer)
+            last = checkpoint.restore(os.path.join(out, CHECKPOINT), like={"state": template, "best": template})
+            meta = checkpoint.load_metadata(os.path.join(out, CHECKPOINT))
+            _finish(args, run, ds, last["state"], last["best"], meta["history"], time.perf_counter() - start,
+                    history, stopped="diverged" if isinstance(err, FloatingPointError) else "interrupted")
+        raise
+    _save(out, CHECKPOINT, run, result.state, result.best, result.history)
+    metrics = _finish(args, run, ds, result.state, result.best, result.history, time.perf_counter() - start, history)
+    network = f"model {os.path.basename(cfg['model'])}" if cfg.get("model") else f"hidden {cfg['hidden']}"
+    figure = _maybe_figure(plot.training_figure, result.history, os.path.join(out, FIGURE),
+                           title=f"{ds.name}: {cfg['optimizer']}, {network}")
+    print(f"{_result_text(metrics)}  ({metrics['steps']} steps, {metrics['wall_time_s']:.1f}s, "
+          f"{metrics['steps_per_second']:.0f} steps/s{_skipped(metrics)})  -> {out}" + (f", {FIGURE}" if figure else ""))
+    if _plotting(args):
+        _show_curves(result.history)
+    return 0
+
+
+def _save(out, name, run, state, best, history=None) -> None:
+    """``checkpoint.npz`` (the state, the best one, the history) or ``best.npz`` (the best state)."""
+    path = os.path.join(out, name)
+    meta = run if history is None else {**run, "history": rundir.history_json(history), "version": __version__}
     try:
-        checkpoint.save(os.path.join(out, BEST), {"state": result.best, "best": result.best}, metadata=run)
+        checkpoint.save(path, {"state": state, "best": best}, metadata=meta)
     except OSError as err:
-        raise UsageError(f"cannot write {os.path.join(out, BEST)}: {err.strerror or err}") from None
-    h = result.history
-    steps = int(result.state.step)
+        raise UsageError(f"cannot write {'the checkpoint ' if history is not None else ''}{path}: "
+                         f"{err.strerror or err}") from None
+
+
+def _finish(args, run, ds, state, best, h, wall, before, stopped=None) -> dict:
+    """Write ``best.npz`` and ``metrics.json`` (``"interrupted"`` and ``"epochs_done"`` when
+    ``stopped``: "interrupted" or "diverged"); return the metrics."""
+    _save(args.out, BEST, run, best, best)
+    h = {k: np.asarray(v) for k, v in h.items()}
     last = lambda k: float(h[k][-1]) if k in h else None
     metrics = {
         "test_accuracy": last("test_acc"), "val_accuracy": last("val_acc"), "train_accuracy": last("train_acc"),
@@ -578,20 +329,31 @@ def _train(args, run, ds, model, optimizer, train_set, val_set, state, best, his
         "test_loss": last("test_eval_loss"), "val_loss": last("val_eval_loss"), "train_loss": last("train_eval_loss"),
         **({"test_rmse": last("test_rmse"), "val_rmse": last("val_rmse"), "train_rmse": last("train_rmse")}
            if "train_rmse" in h else {}),
-        "epochs_run": len(h["epoch"]), "steps": steps, "wall_time_s": wall,
-        "steps_per_second": (len(h["step_loss"]) - (len(history["step_loss"]) if history else 0)) / max(wall, 1e-9),
-        "dataset": ds.name, "config": cfg, "history": _history_json(h), "jax_version": jax.__version__,
+        "epochs_run": len(h["epoch"]), "steps": int(state.step), "wall_time_s": wall,
+        "steps_per_second": (len(h["step_loss"]) - (len(before["step_loss"]) if before else 0)) / max(wall, 1e-9),
+        "dataset": ds.name, "config": run["config"], "history": rundir.history_json(h), "jax_version": jax.__version__,
         "device": str(jax.devices()[0]), "version": __version__,
+        **({"interrupted": True, "stopped_by": stopped, "epochs_done": len(h["epoch"])} if stopped else {}),
     }
     if "skipped_steps" in h:  # --skip-nonfinite: per epoch in the history, the run's total here
         metrics["skipped_steps"] = int(np.sum(h["skipped_steps"]))
-    _write_json(os.path.join(out, METRICS), metrics)
-    network = f"model {os.path.basename(cfg['model'])}" if cfg.get("model") else f"hidden {cfg['hidden']}"
-    figure = _maybe_figure(h, os.path.join(out, FIGURE), f"{ds.name}: {cfg['optimizer']}, {network}")
-    if not args.quiet:
-        print(f"{_result_text(metrics)}  ({steps} steps, {wall:.1f}s, "
-              f"{metrics['steps_per_second']:.0f} steps/s{_skipped(metrics)})  -> {out}" + (f", {FIGURE}" if figure else ""))
-    return 0
+    rundir.write_json(os.path.join(args.out, METRICS), metrics)
+    return metrics
+
+
+def _plotting(args) -> bool:
+    """``--plot`` / ``--no-plot``; by default curves are drawn only on a terminal."""
+    return args.plot if args.plot is not None else _progress.Display(sys.stdout).tty
+
+
+def _show_curves(history) -> None:
+    """The loss curve (per step) and the accuracy curves (per epoch) in the terminal."""
+    lines = plot.text_plot({"training loss per step": history["step_loss"]}, title="loss")
+    accuracy = {f"{name} accuracy (%)": 100 * np.asarray(history[f"{name}_acc"]) for name in ("train", "val", "test")
+                if f"{name}_acc" in history}
+    if accuracy and len(history["epoch"]) > 1:
+        lines += [""] + plot.text_plot(accuracy, height=8, title="accuracy per epoch")
+    print("\n".join(lines))
 
 
 def _result_text(metrics) -> str:
@@ -612,10 +374,11 @@ def _skipped(metrics) -> str:
     return "" if n is None else f", {n} step{'s' * (n != 1)} skipped for non-finite gradients"
 
 
-def _maybe_figure(history, path, title):
+def _maybe_figure(draw, *args, **kwargs):
+    """``draw(*args)``'s PNG path, or None without matplotlib (an optional extra)."""
+    path = args[-1]
     try:
-        from jaxscratch import plot
-        return plot.training_figure(history, path, title=title)
+        return draw(*args, **kwargs)
     except ImportError:
         return None
     except OSError as err:
@@ -658,7 +421,7 @@ def _load_run(run_dir, which=BEST, *, debug=False) -> _LoadedRun:
 
 def cmd_evaluate(args) -> int:
     if args.json:
-        _check_target(args.json, "--json", run_dir=args.run, force=args.force)
+        rundir.check_target(args.json, "--json", run_dir=args.run, force=args.force)
     run = _load_run(args.run, CHECKPOINT if args.last else BEST, debug=args.debug)
     cfg, sizes, state = run.cfg, run.sizes, run.state
     ds, (xt, yt), (xv, yv) = load_data(dict(cfg, dataset_dir=args.dataset_dir or cfg.get("dataset_dir")),
@@ -667,7 +430,7 @@ def cmd_evaluate(args) -> int:
     if _sizes(cfg, ds)[0] != sizes[0] or ds.num_classes > sizes[-1]:
         raise UsageError(f"{cfg['dataset']} now gives {_sizes(cfg, ds)[0]} features and {ds.num_classes} {what}; the "
                          f"run's model takes {sizes[0]} features and {sizes[-1]} {what} (the dataset changed since training)")
-    _check_same_data(run.meta, cfg, ds, "")
+    _inputs.check_same_data(run.meta, cfg, ds, "")
     report = {}
     for name, (x, y) in (("train", (xt, yt)), ("val", (xv, yv)), ("test", (ds.x_test, ds.y_test))):
         if len(x):
@@ -680,68 +443,16 @@ def cmd_evaluate(args) -> int:
                       else f"  rmse {named['rmse']:#.4g}" if "rmse" in named else "")
             print(f"{name:5s}  loss {named['loss']:.4f}{second}  ({len(x)} examples)")
     if args.json:
-        _write_json(args.json, report, "--json")
+        rundir.write_json(args.json, report, "--json")
     return 0
-
-
-def _read_inputs(path, features: int) -> np.ndarray:
-    """Numeric, finite inputs ``(n, features)`` or ``(n, ...)`` from a .npy, or a .npz's array 'x'."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-        if not head.startswith((b"\x93NUMPY", b"PK\x03\x04", b"PK\x05\x06")):  # .npy, zip (.npz), empty zip
-            raise UsageError(f"{path}: expected a .npy file, or a .npz with an array 'x'; found a file starting with {head!r}")
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                if "x" not in loaded.files:
-                    raise UsageError(f"{path} holds {loaded.files}; expected an array named 'x'")
-                loaded = loaded["x"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # object arrays need pickle: ValueError
-        raise UsageError(f"cannot read inputs from {path} (expected .npy, or .npz with an array 'x'): {err}") from None
-    x = loaded
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise UsageError(f"{path}: inputs must be integers or real numbers; got dtype {x.dtype}")
-    if x.ndim < 2 or int(np.prod(x.shape[1:])) != features:
-        raise UsageError(f"{path}: inputs must have shape (n, {features}), or (n, ...) with {features} features, as "
-                         f"the run's model expects; got {x.shape}")
-    finite = np.isfinite(x.reshape(len(x), features)).all(axis=1)  # (0, -1) would be ambiguous for no rows
-    if not finite.all():
-        raise UsageError(f"{path}: inputs must be finite; row {int(np.argmin(finite))} holds NaN or Inf")
-    return x
-
-
-def _preprocess(x, run, path) -> np.ndarray:
-    """Inputs as the run's model saw its training data: integer images divided as the loader divided
-    them; inputs far outside the training range (raw 0..255 pixels for a model trained on 0..1,
-    say) refused rather than mislabelled."""
-    prep = run.meta.get("preprocessing") or {}
-    scale = prep.get("integer_inputs_divided_by", _RAW_SCALE.get(run.cfg["dataset"]))  # older runs: the built-in sets'
-    if np.issubdtype(x.dtype, np.integer) and scale and x.size:
-        if x.min() < 0 or x.max() > scale:
-            raise UsageError(f"{path}: integer inputs must lie in 0..{scale}, as the run's training images did "
-                             f"(they are divided by {scale}); found {x.min()}..{x.max()}")
-        x = x.astype(np.float32) / np.float32(scale)
-    with np.errstate(over="ignore"):
-        x = np.asarray(x, np.float32)
-    lo, hi = prep.get("input_range") or (None, None)
-    if lo is not None and x.size:
-        span = max(hi - lo, 1e-6)
-        mn, mx = float(x.min()), float(x.max())
-        if mn < lo - span or mx > hi + span:
-            how = (f"integer images 0..{scale} (divided by {scale} here) or floats scaled as in training"
-                   if scale else "inputs preprocessed as in training")
-            raise UsageError(f"{path}: inputs range {mn:.4g}..{mx:.4g}, far outside the {lo:.4g}..{hi:.4g} the run's "
-                             f"model was trained on; pass {how}")
-    return x
 
 
 def cmd_predict(args) -> int:
     if args.output:
-        _check_target(args.output, "--output", run_dir=args.run, inputs=(args.input,), force=args.force)
+        rundir.check_target(args.output, "--output", run_dir=args.run, inputs=(args.input,), force=args.force)
     run = _load_run(args.run, debug=args.debug)
-    x = _read_inputs(args.input, run.sizes[0])
-    x = _preprocess(x, run, args.input).reshape((len(x), *run.input_shape))
+    x = _inputs.read_inputs(args.input, run.sizes[0])
+    x = _inputs.preprocess(x, run, args.input).reshape((len(x), *run.input_shape))
     if len(x):
         outputs, _ = jax.jit(functools.partial(run.model.apply, train=False))(run.state.params, run.state.model_state,
                                                                             jnp.asarray(x))
@@ -755,7 +466,7 @@ def cmd_predict(args) -> int:
         values, what = np.asarray(jnp.argmax(outputs, axis=-1)), "predicted labels"
         text = " ".join(map(str, values.tolist()))
     if args.output:
-        _write_file(args.output, lambda f: np.save(f, values), "--output")
+        rundir.write_file(args.output, lambda f: np.save(f, values), "--output")
         print(f"saved {len(values)} {what} to {args.output}")
     elif len(values):
         print(text)
@@ -777,28 +488,28 @@ def cmd_compare(args) -> int:
     params, model_state = model.init(key)  # the same initial weights for everyone
     xe, ye = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
     curves, rows = {}, []
-    for name in names:  # one at a time for the timings; the same key gives every one the same batches
-        start = time.perf_counter()
-        (state, step_losses), = sweep.compare_optimizers(
-            jax.random.fold_in(key, 1), {name: optim.OPTIMIZERS[name]()}, params, xt, yt,  # the book's defaults
-            iterations=iterations, batch_size=args.batch_size, model=model, model_state=model_state).values()
-        acc = float(train.evaluate(model, state.params, state.model_state, xe, ye)["acc"]) if len(xe) else None
-        curves[name] = step_losses
-        rows.append((name, float(np.mean(step_losses[-100:])), acc, time.perf_counter() - start))
+    with _progress.Display(sys.stdout, quiet=args.quiet) as display:
+        for i, name in enumerate(names):  # one at a time for the timings; the same key gives every one the same batches
+            display.phase(f"training {name} ({i + 1}/{len(names)}: compiling, then {iterations} steps)")
+            start = time.perf_counter()
+            (state, step_losses), = sweep.compare_optimizers(
+                jax.random.fold_in(key, 1), {name: optim.OPTIMIZERS[name]()}, params, xt, yt,  # the book's defaults
+                iterations=iterations, batch_size=args.batch_size, model=model, model_state=model_state).values()
+            acc = float(train.evaluate(model, state.params, state.model_state, xe, ye)["acc"]) if len(xe) else None
+            curves[name] = np.asarray(step_losses)
+            rows.append((name, float(np.mean(step_losses[-100:])), acc, time.perf_counter() - start))
     print(f"{'optimizer':10s} {'final loss':>10s} {'test acc':>9s} {'time':>7s}   ({iterations} iterations, batch {args.batch_size})"
           + ("" if len(xe) else "  (no test rows: no test accuracy)"))
     for name, loss, acc, secs in rows:
         print(f"{name:10s} {loss:10.4f} {'-' if acc is None else f'{100 * acc:.2f}%':>9s} {secs:6.1f}s")
-    _make_dirs(args.out)
-    _write_json(os.path.join(args.out, "compare.json"), {"iterations": iterations, "results": [
+    rundir.make_dirs(args.out)
+    rundir.write_json(os.path.join(args.out, "compare.json"), {"iterations": iterations, "results": [
         {"optimizer": n, "final_loss": l, "test_accuracy": a, "time_s": s} for n, l, a, s in rows]})
-    fig = None
-    try:
-        from jaxscratch import plot
-        fig = plot.comparison_figure(curves, os.path.join(args.out, "compare.png"), title=f"{ds.name}: optimizer comparison")
-    except ImportError:
-        pass
+    fig = _maybe_figure(plot.comparison_figure, curves, os.path.join(args.out, "compare.png"),
+                        title=f"{ds.name}: optimizer comparison")
     print(f"saved {os.path.join(args.out, 'compare.json')}" + (f" and {fig}" if fig else ""))
+    if _plotting(args):  # the smoothed loss per step, one curve per optimizer
+        print("\n".join(plot.text_plot({n: plot.smooth_curve(c) for n, c in curves.items()}, height=16, title=f"training loss per step (smoothed), {iterations} steps")))
     return 0
 
 
@@ -819,14 +530,15 @@ def _after_stop(args) -> str:
     if args.command != "train":
         return ""
     if os.path.exists(os.path.join(args.out, CHECKPOINT)):
-        return f"; the last finished epoch is saved: continue with jaxscratch train --out {args.out} --resume"
+        return (f"; the last finished epoch is saved (jaxscratch evaluate {args.out} works on it): continue with "
+                f"jaxscratch train --out {args.out} --resume")
     return "; no epoch had finished, so nothing was saved"
 
 
 def main(argv=None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit status. Its
     output may go away (``| head``, a full disk): the command goes on without it."""
-    with _tolerant_output():
+    with rundir.tolerant_output():
         return _main(argv)
 
 

@@ -1,16 +1,24 @@
-"""Figures (needs matplotlib, the ``examples`` extra). Training never imports this module.
+"""Figures (matplotlib, the ``examples`` extra, imported when a figure is drawn) and curves drawn
+in text. Training never imports this module.
 
-Contract: every function takes NumPy-like data and a ``path``, writes one PNG atomically
-(temp file, then rename) and returns the path. ``smooth_curve`` is pure NumPy.
+Contract: every figure function takes NumPy-like data and a ``path``, writes one PNG atomically
+(temp file, then rename, with a plain write's permissions: the private ``_files``) and returns
+the path. ``smooth_curve`` is pure NumPy; ``text_plot`` draws curves as lines of text for a
+terminal (pure Python: no matplotlib needed).
 """
 from __future__ import annotations
 
+import math
 import os
-import tempfile
+import shutil
 
 import numpy as np
 
-__all__ = ["comparison_figure", "smooth_curve", "training_figure"]
+from jaxscratch import _files
+
+__all__ = ["comparison_figure", "smooth_curve", "text_plot", "training_figure"]
+
+MARKS = "*o+x#@"
 
 
 def _figure(**kwargs):
@@ -24,16 +32,10 @@ def _figure(**kwargs):
 
 
 def _save(fig, path) -> str:
+    """``fig`` as a PNG at ``path``, atomically, with a plain write's permissions (``_files``)."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with _files.replacing(path) as (f, _):
+        fig.savefig(f, dpi=110, bbox_inches="tight", format="png")
     return path
 
 
@@ -85,3 +87,50 @@ def comparison_figure(curves: dict, path, *, title: str = "") -> str:
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def _columns(values, width: int) -> list[float]:
+    """``values`` stretched or averaged onto ``width`` columns (NaN where a column has none)."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        return [math.nan] * width
+    out = []
+    for c in range(width):
+        lo, hi = c * n / width, (c + 1) * n / width
+        chunk = [v for v in values[int(lo):max(int(math.ceil(hi)), int(lo) + 1)] if math.isfinite(v)]
+        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
+    return out
+
+
+def text_plot(curves: dict, width: int | None = None, height: int = 12, *, title: str = "") -> list[str]:
+    """``curves`` (name -> values) drawn in text, the book's ``print_graph`` fitted to a terminal.
+
+    Returns at most ``height + 3`` lines (title, rows, axis, legend), none wider than ``width``
+    (default: the terminal's): a y axis labelled with its range, one mark per series (``*``,
+    ``o``, ``+``, ``x``, ...) and a legend; each series stretched over the x axis, its points
+    averaged into columns when there are more than columns. Non-finite points are left out;
+    nothing is drawn when no series has a finite point or the width is under 20. Pure Python.
+    """
+    width = shutil.get_terminal_size((80, 24)).columns if width is None else width
+    curves = {k: list(v) for k, v in curves.items() if any(math.isfinite(float(x)) for x in v)}
+    if not curves or width < 20:
+        return []
+    finite = [float(x) for v in curves.values() for x in v if math.isfinite(float(x))]
+    lo, hi = min(finite), max(finite)
+    hi = hi if hi > lo else lo + 1
+    label = max(len(f"{lo:.4g}"), len(f"{hi:.4g}"))
+    cols = width - label - 2
+    grid = [[" "] * cols for _ in range(height)]
+    for mark, values in zip(MARKS, curves.values()):
+        for c, v in enumerate(_columns(values, cols)):
+            if math.isfinite(v):
+                grid[height - 1 - round((v - lo) / (hi - lo) * (height - 1))][c] = mark
+    lines = [title[:width]] if title else []
+    for r, row in enumerate(grid):
+        y = f"{hi:.4g}" if r == 0 else f"{lo:.4g}" if r == height - 1 else ""
+        lines.append(f"{y:>{label}} |{''.join(row)}".rstrip())
+    lines.append(" " * label + " +" + "-" * cols)
+    legend = "   ".join(f"{m} {name}" for m, name in zip(MARKS, curves))
+    lines.append((" " * (label + 2) + legend)[:width])
+    return lines

@@ -34,6 +34,13 @@ Contract:
     donated), evaluates the train/validation/test sets after each with the one evaluator that
     :func:`evaluate` also uses, keeps the best state besides the last, and returns the per-step
     losses and per-epoch metrics as NumPy arrays. No host transfer happens inside an epoch.
+  * Progress within an epoch: ``fit(chunk_steps=k, on_steps=f)`` runs each epoch as compiled
+    chunks of ``k`` steps -- one program whatever the last chunk's length (a ``fori_loop`` with
+    a traced trip count over the epoch's batch order, which is computed once per epoch on the
+    device) -- reads back each chunk's step losses (``k`` numbers) and calls ``f(epoch,
+    steps_done, steps_per_epoch, last_loss)``. Parameters and data never leave the device and
+    the results are bit-identical to whole epochs (tested on CPU, both samplings, batch norm,
+    dropout, weight decay, resume).
   * Compilation: ``fit`` keeps its compiled epoch and evaluation programs in the library's one
     cache of programs (the private ``_compiled``), keyed by the model, the task,
     ``optimizer.update`` and the static configuration, so a second ``fit`` with
@@ -181,6 +188,35 @@ def make_epoch(model: nn.Model, optimizer: optim.Optimizer, *, batch_size: int, 
     return epoch
 
 
+def _make_chunk(model: nn.Model, optimizer: optim.Optimizer, *, chunk: int, batch_size: int, sharding=None,
+                **step_kwargs) -> Callable:
+    """``run(state, x, y, hyper, idx, offset) -> (state, step_losses)``: steps ``offset`` to
+    ``offset + chunk`` (fewer at the epoch's end: a traced trip count, so one program serves every
+    chunk) of the epoch whose batch order ``idx`` ``(steps, batch_size)`` is (:func:`make_epoch`'s
+    own). ``step_losses`` ``(chunk,)``: the losses of the steps run, then NaN. The steps are
+    :func:`make_epoch`'s, so a chunked epoch equals a whole one bit for bit (tested)."""
+    step = make_train_step(model, optimizer, **step_kwargs)
+
+    def one(state, x, y, hyper, batch_idx):
+        xb, yb = jnp.take(x, batch_idx, axis=0), jnp.take(y, batch_idx, axis=0)
+        if sharding is not None:
+            xb, yb = jax.lax.with_sharding_constraint((xb, yb), sharding)
+        return step(state, xb, yb, hyper)
+
+    def run(state: TrainState, x, y, hyper: Hyper, idx, offset):
+        loss = jax.eval_shape(one, state, x, y, hyper, idx[0])[1]
+
+        def body(i, carry):
+            state, step_losses = carry
+            state, value = one(state, x, y, hyper, jax.lax.dynamic_index_in_dim(idx, offset + i, keepdims=False))
+            return state, step_losses.at[i].set(value)
+
+        count = jnp.minimum(chunk, idx.shape[0] - offset)
+        return jax.lax.fori_loop(0, count, body, (state, jnp.full((chunk,), jnp.nan, loss.dtype)))
+
+    return run
+
+
 # ----------------------------------------------------------------- evaluation
 def _chunk_sums(model, task, params, model_state, xc, yc, mask, compute_dtype=None) -> dict:
     """Summed per-example loss (and correct predictions, for classification) over the rows of one
@@ -263,9 +299,7 @@ def _build_programs(model, task, update, batch_size, sampling, n, use_weight_dec
     def epoch_fn(state, xs, ys, hyper):
         flat = lambda a: a.reshape((-1,) + a.shape[2:])  # (k, chunk, ...) -> (k * chunk, ...): free
         state, step_losses = epoch(state, flat(xs), flat(ys), hyper, n=n)
-        inexact = [p for p in jax.tree.leaves(state.params) if jnp.issubdtype(p.dtype, jnp.inexact)]
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in inexact])) if inexact else jnp.bool_(True)
-        return state, (step_losses, finite)
+        return state, (step_losses, _all_finite(state.params))
 
     def eval_fn(params, model_state, xs, ys, mask, i):  # chunk i of fit's layout
         xc, yc, mask = (jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in (xs, ys, mask))
@@ -274,6 +308,39 @@ def _build_programs(model, task, update, batch_size, sampling, n, use_weight_dec
         return _chunk_sums(model, task, params, model_state, xc, yc, mask, compute_dtype)
 
     return jax.jit(epoch_fn, donate_argnums=0), jax.jit(eval_fn)
+
+
+def _chunk_programs(model, task, update, *, chunk, batch_size, sampling, n, use_weight_decay, mask_leaves,
+                    compute_dtype, mesh, data_axis) -> tuple[Callable, Callable]:
+    """``(indices_fn, chunk_fn)``: an epoch's batch order from ``(key, step)``, and ``chunk``
+    steps of it (:func:`_make_chunk`) with the parameters' finiteness; one program each."""
+    return _compiled.program(_build_chunk_programs, model, task, update, chunk, batch_size, sampling, n,
+                             use_weight_decay, mask_leaves, compute_dtype, mesh, data_axis)
+
+
+def _all_finite(params):
+    inexact = [p for p in jax.tree.leaves(params) if jnp.issubdtype(p.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in inexact])) if inexact else jnp.bool_(True)
+
+
+def _build_chunk_programs(model, task, update, chunk, batch_size, sampling, n, use_weight_decay, mask_leaves,
+                          compute_dtype, mesh, data_axis) -> tuple[Callable, Callable]:
+    sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+    run = _make_chunk(model, optim.Optimizer(None, update), chunk=chunk, batch_size=batch_size, sharding=sharding,
+                      loss=task, use_weight_decay=use_weight_decay, weight_decay_mask=mask_leaves,
+                      compute_dtype=compute_dtype)
+
+    def indices_fn(key, step):  # make_epoch's batch order of the epoch that step is in
+        e = step // (n // batch_size)
+        return data.epoch_indices(jax.random.fold_in(jax.random.fold_in(key, 0), e), n, batch_size,
+                                  replace=sampling == "replacement")
+
+    def chunk_fn(state, xs, ys, hyper, idx, offset):
+        flat = lambda a: a.reshape((-1,) + a.shape[2:])
+        state, step_losses = run(state, flat(xs), flat(ys), hyper, idx, offset)
+        return state, (step_losses, _all_finite(state.params))
+
+    return jax.jit(indices_fn), jax.jit(chunk_fn, donate_argnums=0)
 
 
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # one program per tree, not one per leaf
@@ -313,7 +380,10 @@ def _put_across_processes(a, replicated):
     return jax.device_put(a, replicated)
 
 
-def _check_settings(epochs, batch_size, n, sampling, compute_dtype, weight_decay) -> None:
+def _check_settings(epochs, batch_size, n, sampling, compute_dtype, weight_decay, chunk_steps=None) -> None:
+    if chunk_steps is not None and (isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int)
+                                    or chunk_steps < 1):
+        raise ValueError(f"chunk_steps must be None or a positive int; got {chunk_steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must be an int in [1, {n}] (the training set size); got {batch_size!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
@@ -353,17 +423,18 @@ class _Run(NamedTuple):
     task: losses.Task
     guarded: bool
     steps_per_epoch: int
+    chunks: tuple | None     # (indices_fn, chunk_fn, device offsets, chunk) or None: one program per epoch
 
 
 def _prepare(key, model, optimizer, loss, train, validation, test, *, params, model_state, state, epochs,
-             batch_size, weight_decay, weight_decay_mask, sampling, mesh, data_axis, compute_dtype):
+             batch_size, weight_decay, weight_decay_mask, sampling, mesh, data_axis, compute_dtype, chunk_steps):
     """Checks, the initial state, the data on the device and the compiled programs."""
     model, task = _fitdata.as_model(model), losses.task(loss)
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(f"optimizer must be an (init, update) pair such as optim.adam(); got {type(optimizer).__name__}")
     raw = {"train": train, **{k: v for k, v in (("val", validation), ("test", test)) if v is not None}}
     n = len(_fitdata.check_pair("train", train)[0])
-    _check_settings(epochs, batch_size, n, sampling, compute_dtype, weight_decay)
+    _check_settings(epochs, batch_size, n, sampling, compute_dtype, weight_decay, chunk_steps)
     state = _initial_state(key, model, optimizer, params, model_state, state)
     sets = {k: v for k, v in _fitdata.check_sets(model, task, state.params, state.model_state, raw, batch_size).items()
             if k == "train" or len(v[0])}
@@ -372,16 +443,52 @@ def _prepare(key, model, optimizer, loss, train, validation, test, *, params, mo
     host, where = _fitdata.layout(sets, chunk, task)
     arrays = tuple(put(a) for a in host)  # one upload: training reads its rows, evaluation every chunk
     index = [put(np.int32(i)) for i in range(len(host[0]))]  # uploaded once: no transfer per epoch
-    epoch_fn, eval_fn = _programs(
-        model, task, optimizer.update, batch_size=batch_size, sampling=sampling, n=n,
-        use_weight_decay=not (isinstance(weight_decay, (int, float)) and weight_decay == 0),
-        mask_leaves=_fitdata.mask_leaves(weight_decay_mask, state.params),
-        compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype), mesh=mesh, data_axis=data_axis)
+    config = dict(batch_size=batch_size, sampling=sampling, n=n,
+                  use_weight_decay=not (isinstance(weight_decay, (int, float)) and weight_decay == 0),
+                  mask_leaves=_fitdata.mask_leaves(weight_decay_mask, state.params),
+                  compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype), mesh=mesh,
+                  data_axis=data_axis)
+    epoch_fn, eval_fn = _programs(model, task, optimizer.update, **config)
+    steps = n // batch_size
+    chunks = None
+    if chunk_steps is not None:
+        chunk = min(chunk_steps, steps)
+        chunks = (*_chunk_programs(model, task, optimizer.update, chunk=chunk, **config),
+                  [put(np.int32(o)) for o in range(0, steps, chunk)], chunk)  # uploaded once
     wd = weight_decay.astype(jnp.float32) if isinstance(weight_decay, jax.Array) else np.float32(weight_decay)
     state = _copy(put(state) if mesh is not None else state)  # donated below: never invalidate the caller's arrays
     run = _Run(epoch_fn, eval_fn, arrays, index, where, {k: len(v[0]) for k, v in sets.items()},
-               Hyper(put(wd)), task, isinstance(state.opt_state, optim.ApplyIfFiniteState), n // batch_size)
+               Hyper(put(wd)), task, isinstance(state.opt_state, optim.ApplyIfFiniteState), steps, chunks)
     return run, state
+
+
+def _train_epoch(run: _Run, state: TrainState, epoch: int, on_steps: Callable | None):
+    """One epoch: ``(state, step_losses, params_finite)``. Whole: one program, nothing read back.
+    In chunks: one read of each chunk's losses, then ``on_steps(epoch, steps_done, steps, loss)``;
+    parameters and data stay on the device."""
+    if run.chunks is None:
+        state, (step_losses, finite) = run.epoch_fn(state, run.arrays[0], run.arrays[1], run.hyper)
+        return state, step_losses, finite
+    indices_fn, chunk_fn, offsets, chunk = run.chunks
+    idx = indices_fn(state.key, state.step)  # (steps, batch_size), on the device
+    parts = []
+    for i, offset in enumerate(offsets):
+        state, (step_losses, finite) = chunk_fn(state, run.arrays[0], run.arrays[1], run.hyper, idx, offset)
+        parts.append(jax.device_get(step_losses)[:min(chunk, run.steps_per_epoch - i * chunk)])
+        if on_steps is not None:
+            on_steps(epoch, min((i + 1) * chunk, run.steps_per_epoch), run.steps_per_epoch, float(parts[-1][-1]))
+    return state, np.concatenate(parts), finite
+
+
+def _precompile(run: _Run, state: TrainState) -> None:
+    """Compile the epoch (or chunk) and evaluation programs now (cached): faster than beside an epoch."""
+    if run.chunks is None:
+        _compiled.precompile(run.epoch_fn, state, run.arrays[0], run.arrays[1], run.hyper)
+    else:
+        indices_fn, chunk_fn, offsets, _ = run.chunks
+        idx = indices_fn(state.key, state.step)  # runs it: the very signature the epochs will pass
+        _compiled.precompile(chunk_fn, state, run.arrays[0], run.arrays[1], run.hyper, idx, offsets[0])
+    _compiled.precompile(run.eval_fn, state.params, state.model_state, *run.arrays, run.index[0])
 
 
 def _record(run: _Run, epoch: int, step_losses, sums: dict) -> dict:
@@ -419,7 +526,8 @@ def fit(key, model: nn.Model, optimizer: optim.Optimizer, train, *, epochs: int,
         loss="cross_entropy", validation=None, test=None, params=None, model_state=None,
         state: TrainState | None = None, best: TrainState | None = None, history: dict | None = None,
         weight_decay=0.0, weight_decay_mask=None, sampling="epoch", verbose: bool = True,
-        on_epoch: Callable | None = None, mesh=None, data_axis: str | None = None, compute_dtype=None) -> FitResult:
+        on_epoch: Callable | None = None, mesh=None, data_axis: str | None = None, compute_dtype=None,
+        chunk_steps: int | None = None, on_steps: Callable | None = None) -> FitResult:
     """Train ``model`` with ``optimizer`` on ``train = (x, y)`` for ``epochs`` epochs in total.
 
     Args:
@@ -442,6 +550,9 @@ def fit(key, model: nn.Model, optimizer: optim.Optimizer, train, *, epochs: int,
       mesh, data_axis: a ``jax.sharding.Mesh`` to split each batch over the devices of its
         ``data_axis``; ``batch_size`` must be a multiple of their number.
       compute_dtype: e.g. ``jnp.bfloat16`` for mixed precision.
+      chunk_steps, on_steps: run each epoch in compiled chunks of ``chunk_steps`` steps (one
+        program; the results are bit-identical to whole epochs) and call ``on_steps(epoch,
+        steps_done, steps_per_epoch, last_loss)`` after each: progress within a long epoch.
 
     Raises:
       ValueError, TypeError: data that do not fit the model or the loss, or bad settings (named).
@@ -454,19 +565,18 @@ def fit(key, model: nn.Model, optimizer: optim.Optimizer, train, *, epochs: int,
     run, state = _prepare(key, model, optimizer, loss, train, validation, test, params=params,
                           model_state=model_state, state=state, epochs=epochs, batch_size=batch_size,
                           weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, sampling=sampling,
-                          mesh=mesh, data_axis=data_axis, compute_dtype=compute_dtype)
+                          mesh=mesh, data_axis=data_axis, compute_dtype=compute_dtype, chunk_steps=chunk_steps)
     history = {k: list(v) for k, v in (history or {}).items()}
     step, skipped = (int(v) for v in jax.device_get(
         (state.step, state.opt_state.total_notfinite if run.guarded else 0)))
     scores = [s for s in (_score(run.task, {k: v[i] for k, v in history.items()})
                           for i in range(len(history.get("epoch", [])))) if s is not None]
     best_score = max(scores, default=-math.inf)
-    if step // run.steps_per_epoch < epochs:  # compile both programs first (cached): faster than beside an epoch
-        _compiled.precompile(run.epoch_fn, state, run.arrays[0], run.arrays[1], run.hyper)
-        _compiled.precompile(run.eval_fn, state.params, state.model_state, *run.arrays, run.index[0])
+    if step // run.steps_per_epoch < epochs:
+        _precompile(run, state)
     for epoch in range(step // run.steps_per_epoch + 1, epochs + 1):
         start = time.perf_counter()
-        state, (step_losses, params_finite) = run.epoch_fn(state, run.arrays[0], run.arrays[1], run.hyper)
+        state, step_losses, params_finite = _train_epoch(run, state, epoch, on_steps)
         sums = {name: [run.eval_fn(state.params, state.model_state, *run.arrays, run.index[i]) for i in chunks]
                 for name, chunks in run.where.items()}
         extra = state.opt_state.total_notfinite if run.guarded else 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxscratch import checkpoint, compile_cache
+from jaxscratch import checkpoint, compile_cache, runlog
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small but complete: batch norm (running statistics), dropout (the PRNG), 3 epochs of ~20 steps.
@@ -67,10 +67,18 @@ def runs(tmp_path_factory):
     done = {name: (p.wait(timeout=300), p.stderr.read()) for name, p in procs.items()}
     stopped = {name: {"files": sorted(os.listdir(dirs["cwd"] / name)),
                       "epochs": len(checkpoint.load_metadata(dirs["cwd"] / name / "checkpoint.npz", verify=True)
-                                    ["history"]["epoch"])} for name in STOPS}
+                                    ["history"]["epoch"]),
+                      "logged": [r["epoch"] for r in runlog.read_metrics(dirs["cwd"] / name / "metrics.jsonl")],
+                      **({"interrupted": _interrupted(dirs["cwd"] / name)} if name != "killed" else {})}
+               for name in STOPS}
     resumed = {name: start(["-m", "jaxscratch", "train", "--out", name, "--resume", "--quiet"]) for name in STOPS}
     after = {name: (p.wait(timeout=300), p.stderr.read()) for name, p in resumed.items()}
     return {"cwd": dirs["cwd"], "dirs": dirs, "done": done, "stopped": stopped, "resumed": after}
+
+
+def _interrupted(run_dir: Path) -> tuple:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return m.get("interrupted"), m.get("stopped_by"), m.get("epochs_done")
 
 
 def metrics(run_dir: Path) -> dict:
@@ -88,8 +96,14 @@ def arrays(path: Path) -> dict:
         return {k: npz[k] for k in npz.files if k != "__manifest__"}
 
 
+def jsonl(run_dir: Path) -> list:
+    """metrics.jsonl's records without their wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in CLOCKS} for r in runlog.read_metrics(run_dir / "metrics.jsonl")]
+
+
 def assert_same_run(x: Path, y: Path):
     assert metrics(x) == metrics(y)
+    assert jsonl(x) == jsonl(y) and [r["epoch"] for r in jsonl(x)] == [1, 2, 3]  # every epoch once, in order
     for name in ("checkpoint.npz", "best.npz"):
         ax, ay = arrays(x / name), arrays(y / name)
         assert ax.keys() == ay.keys()
@@ -113,10 +127,12 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint_and_resume_matches(
     stopped = runs["stopped"]["killed"]
     assert stopped["epochs"] == 1  # epoch 1's checkpoint, whole (checksums verified)
     tmp = [f for f in stopped["files"] if f.endswith(".tmp")]  # the killed save's temporary file
-    # and its lock file (the OS released the lock itself)
-    assert [f for f in stopped["files"] if f not in tmp] == [".lock", "checkpoint.npz"] and len(tmp) == 1
+    # and its lock file (the OS released the lock itself); metrics.jsonl holds epoch 2 (logged before its save)
+    assert [f for f in stopped["files"] if f not in tmp] == [".lock", "checkpoint.npz", "metrics.jsonl"] and len(tmp) == 1
+    assert stopped["logged"] == [1, 2]
     assert runs["resumed"]["killed"] == (0, "")
-    assert sorted(os.listdir(runs["cwd"] / "killed")) == ["best.npz", "checkpoint.npz", "metrics.json"]  # both gone
+    assert sorted(os.listdir(runs["cwd"] / "killed")) == ["best.npz", "checkpoint.npz", "metrics.json",
+                                                          "metrics.jsonl"]  # both gone
     assert_same_run(runs["cwd"] / "killed", runs["cwd"] / "a")
 
 
@@ -124,9 +140,11 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint_and_resume_matches(
 def test_sigterm_or_sigint_during_a_save_exits_cleanly_and_resume_matches(runs, name):
     code, err = runs["done"][name]
     assert code == 130
-    assert err == f"jaxscratch train: interrupted; the last finished epoch is saved: continue with " \
-                  f"jaxscratch train --out {name} --resume\n"
-    assert runs["stopped"][name] == {"files": ["checkpoint.npz"], "epochs": 1}  # no temporary file left
+    assert err == f"jaxscratch train: interrupted; the last finished epoch is saved (jaxscratch evaluate {name} " \
+                  f"works on it): continue with jaxscratch train --out {name} --resume\n"
+    # no temporary file left; a finished run's files, from the last checkpoint: evaluate and predict work on it
+    assert runs["stopped"][name] == {"files": ["best.npz", "checkpoint.npz", "metrics.json", "metrics.jsonl"],
+                                     "epochs": 1, "logged": [1, 2], "interrupted": (True, "interrupted", 1)}
     assert runs["resumed"][name] == (0, "")
     assert_same_run(runs["cwd"] / name, runs["cwd"] / "a")
 
@@ -141,7 +159,7 @@ def test_nothing_is_written_outside_the_run_folders(runs):
     assert files and all(p.parent == compiled for p in files), files  # the killed run's private folder is gone
     assert sorted(compile_cache._tidy(compiled).values()) == files  # each one's content matches its name
     assert sorted(os.listdir(dirs["cwd"])) == sorted(["a", "b", *STOPS])
-    assert sorted(os.listdir(dirs["cwd"] / "a")) == ["best.npz", "checkpoint.npz", "metrics.json"]
+    assert sorted(os.listdir(dirs["cwd"] / "a")) == ["best.npz", "checkpoint.npz", "metrics.json", "metrics.jsonl"]
 
 
 # ---------------------------------------------------------------- no code-executing formats

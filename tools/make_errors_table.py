@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
 import jax.numpy as jnp  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
 
-from jaxscratch import checkpoint, cli, data, nn, optim, train  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
+from jaxscratch import _rundir, checkpoint, cli, data, nn, optim, train  # noqa: E402 (after the sys.path insert: this checkout's jaxscratch)
 
 TINY = "--epochs 2 --hidden 8 --batch-size 128 --quiet"  # a finished run in a second or two
 
@@ -200,7 +200,8 @@ CASES = [
     Case(S, "wrong file served (checksum mismatch)", "train --dataset mnist", {"JAXSCRATCH_MNIST_MIRRORS": "{server}/evil/"}),
     Case(S, "a mirror that is not http(s)", "train --dataset mnist", {"JAXSCRATCH_MNIST_MIRRORS": "file:///etc/"}),
     Case(I, "Ctrl-C or SIGTERM in epoch 2 (here: during its checkpoint save)", f"train --out stopped {TINY}",
-         stop_at_save=2, leaves=("stopped", "stopped/checkpoint.npz")),
+         stop_at_save=2, leaves=("stopped", "stopped/best.npz", "stopped/checkpoint.npz",
+                                        "stopped/metrics.json", "stopped/metrics.jsonl")),
     Case(I, "Ctrl-C or SIGTERM before the first epoch is saved", f"train --out stopped-early {TINY}", stop_at_save=1),
     Case(I, "training diverges", f"train --optimizer sgd --learning-rate 1e12 --out diverged {TINY}"),
     Case(P, "read_idx: header cut short", "python: data.read_idx('idx/bad-header.idx')"),
@@ -420,7 +421,7 @@ _HELD = []  # the lock of the folder "locked", held by this process while the ca
 def _locked_folder(root: Path) -> None:
     """A run folder that a train in progress holds: its ``.lock`` locked (by this process)."""
     (root / "locked").mkdir()
-    fd = os.open(root / "locked" / cli.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / "locked" / _rundir.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.write(fd, f"{os.getpid()}\n".encode())
     _HELD.append(fd)
