@@ -78,14 +78,14 @@ def _numpy_matmuls(x, batches):
 
 
 def _programs(x, y, steps):
-    """The jaxscratch step program (train.run_steps, what compare_optimizers runs) and its inputs."""
+    """The jaxscratch step program (train.run_steps, compiled as compare_optimizers compiles it) and its inputs."""
     import jax
-    from jaxscratch import nn, train
+    from jaxscratch import _compiled, nn, train
     key_init, key_batches = jax.random.split(jax.random.key(0))
     params = nn.init_mlp(key_init, STEP_SIZES)
     batches = jax.random.randint(key_batches, (steps, STEP_BATCH), 0, len(x))
     model, state = nn.mlp_model(STEP_SIZES), nn.init_bn_state(params)  # ReLU, no batch norm
-    run = lambda opt: jax.jit(lambda p, x, y, b: train.run_steps(model, opt, p, state, x, y, b))
+    run = lambda opt: _compiled.jit(lambda p, x, y, b: train.run_steps(model, opt, p, state, x, y, b))
     return params, batches, run, model, state
 
 

@@ -24,7 +24,7 @@ def _cli(p):
     cache off in the benchmark), with timers around its phases (module attributes, looked up at call
     time, so the command runs unchanged)."""
     import jax
-    from jaxscratch import checkpoint, cli, train
+    from jaxscratch import _rundir, checkpoint, cli, train
     timers, inside, in_fit = {}, {"compile_in_fit": 0.0, "checkpoint_in_fit": 0.0, "compile_total": 0.0}, [False]
 
     def on_duration(event, duration, **_):
@@ -45,7 +45,7 @@ def _cli(p):
         return wrapper
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
-    for mod, attr, name in ((cli, "load_data", "data"), (cli, "_maybe_figure", "plot"), (cli, "_write_json", "json"),
+    for mod, attr, name in ((cli, "load_data", "data"), (cli, "_maybe_figure", "plot"), (_rundir, "write_json", "json"),
                             (checkpoint, "save", "checkpoint")):
         setattr(mod, attr, timed(getattr(mod, attr), name))
     train.fit = timed(train.fit, "fit", flag=True)
