@@ -118,7 +118,10 @@ class Display:
             parts.append(f"{rate:.0f} steps/s")
             if self.epochs:
                 parts.append(f"ETA {_clock((self.epochs * steps - total) / rate)}")
-        return "  ".join(parts)
+        line = "  ".join(parts)
+        if len(line) >= terminal_width():  # a narrow terminal: the bar goes first, the numbers stay
+            line = "  ".join(parts[:1] + parts[2:])
+        return line
 
     def _redraw(self) -> None:
         if self.tty:

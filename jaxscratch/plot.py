@@ -18,7 +18,7 @@ from jaxscratch import _files
 
 __all__ = ["comparison_figure", "smooth_curve", "text_plot", "training_figure"]
 
-MARKS = "*o+x#@"
+MARKS = "*o+x#@%&=~$^"  # one per series: 12 (a comparison of all 11 optimizers fits)
 
 
 def _figure(**kwargs):
@@ -106,12 +106,15 @@ def _columns(values, width: int) -> list[float]:
 def text_plot(curves: dict, width: int | None = None, height: int = 12, *, title: str = "") -> list[str]:
     """``curves`` (name -> values) drawn in text, the book's ``print_graph`` fitted to a terminal.
 
-    Returns at most ``height + 3`` lines (title, rows, axis, legend), none wider than ``width``
-    (default: the terminal's): a y axis labelled with its range, one mark per series (``*``,
-    ``o``, ``+``, ``x``, ...) and a legend; each series stretched over the x axis, its points
-    averaged into columns when there are more than columns. Non-finite points are left out;
-    nothing is drawn when no series has a finite point or the width is under 20. Pure Python.
+    Returns the title, ``height`` rows, the axis and the legend (wrapped onto as many lines as it
+    needs), none wider than ``width`` (default: the terminal's): a y axis labelled with its
+    range, one mark per series (``*``, ``o``, ``+``, ``x``, ...: at most ``len(MARKS)`` series)
+    and a legend; each series stretched over the x axis, its points averaged into columns when
+    there are more than columns. Non-finite points are left out; nothing is drawn when no series
+    has a finite point or the width is under 20. Pure Python.
     """
+    if len(curves) > len(MARKS):
+        raise ValueError(f"text_plot draws at most {len(MARKS)} curves; got {len(curves)}")
     width = shutil.get_terminal_size((80, 24)).columns if width is None else width
     curves = {k: list(v) for k, v in curves.items() if any(math.isfinite(float(x)) for x in v)}
     if not curves or width < 20:
@@ -131,6 +134,11 @@ def text_plot(curves: dict, width: int | None = None, height: int = 12, *, title
         y = f"{hi:.4g}" if r == 0 else f"{lo:.4g}" if r == height - 1 else ""
         lines.append(f"{y:>{label}} |{''.join(row)}".rstrip())
     lines.append(" " * label + " +" + "-" * cols)
-    legend = "   ".join(f"{m} {name}" for m, name in zip(MARKS, curves))
-    lines.append((" " * (label + 2) + legend)[:width])
+    indent, legend = " " * (label + 2), ""
+    for entry in (f"{m} {name}" for m, name in zip(MARKS, curves)):
+        if legend and len(indent) + len(legend) + 3 + len(entry) > width:
+            lines.append((indent + legend)[:width])
+            legend = ""
+        legend += ("   " if legend else "") + entry
+    lines.append((indent + legend)[:width])
     return lines

@@ -125,10 +125,14 @@ def _tensorboard_file(run_dir) -> str:
     return path
 
 
-def metrics_logger(run_dir, *, tensorboard: bool = False) -> Callable:
+def metrics_logger(run_dir, *, tensorboard: bool = False, epochs_done: int | None = None) -> Callable:
     """``on_epoch(epoch, result)`` for :func:`train.fit` writing ``run_dir/metrics.jsonl`` (see
-    the module's contract) and, with ``tensorboard``, TensorBoard event files."""
+    the module's contract) and, with ``tensorboard``, TensorBoard event files. ``epochs_done``
+    (a resumed run: its checkpoint's epochs) cuts the file back to them now, so that a resume
+    stopped before its first epoch leaves no line the checkpoint lacks."""
     path = os.path.join(os.fspath(run_dir), JSONL)
+    if epochs_done is not None:
+        _files.keep_lines(path, lambda line: _epoch_of(line) <= epochs_done)
     started, events = [], None
 
     def on_epoch(epoch: int, result) -> None:

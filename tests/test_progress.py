@@ -89,6 +89,39 @@ def test_text_plot_draws_nothing_for_no_finite_points_or_no_room():
     assert len(plot.text_plot({"flat": [1.0, 1.0]}, 40, height=5)) == 7
 
 
+def test_text_plot_draws_every_optimizer_of_a_comparison_and_wraps_its_legend():
+    names = ["adadelta", "adagrad", "adam", "adamw", "lion", "momentum", "nadam", "nesterov", "rmsprop", "sgd",
+             "adamax"]
+    curves = {name: np.linspace(3, 0.1 + i / 10, 50) for i, name in enumerate(names)}
+    lines = plot.text_plot(curves, 60, height=8)
+    legend = "\n".join(lines[9:])
+    assert all(len(line) <= 60 for line in lines) and len(lines) > 10  # the legend takes several lines
+    for mark, name in zip(plot.MARKS, names):
+        assert f"{mark} {name}" in legend
+    with pytest.raises(ValueError, match="at most 12 curves; got 13"):
+        plot.text_plot({str(i): [1.0, 2.0] for i in range(13)}, 80)
+
+
+def test_a_narrow_terminal_drops_the_bar_before_the_numbers(monkeypatch):
+    d = _progress.Display(Stream(True), epochs=10)
+    d.steps(1, 100, 540, 0.2852)
+    d.steps(1, 200, 540, 0.2852)
+    monkeypatch.setattr(_progress, "terminal_width", lambda default=80: 200)
+    wide = d.status_line()
+    monkeypatch.setattr(_progress, "terminal_width", lambda default=80: 60)
+    narrow = d.status_line()
+    assert "[" in wide and "[" not in narrow and "ETA" in narrow and "loss 0.2852" in narrow
+
+
+@pytest.mark.parametrize("plot_flag, quiet, tty, drawn", [(None, False, True, True), (None, True, True, False),
+                                                          (None, False, False, False), (True, True, False, True),
+                                                          (False, False, True, False)])
+def test_curves_are_drawn_on_a_terminal_unless_quiet_or_asked(monkeypatch, plot_flag, quiet, tty, drawn):
+    import argparse
+    monkeypatch.setattr(sys, "stdout", Stream(tty))
+    assert cli._plotting(argparse.Namespace(plot=plot_flag, quiet=quiet)) is drawn
+
+
 # ---------------------------------------------------------------- the command
 def _env():
     return {**os.environ, "JAXSCRATCH_COMPILE_CACHE": "off", "JAX_PLATFORMS": "cpu", "COLUMNS": "100",

@@ -168,6 +168,7 @@ CASES = [
     Case(M, "--loss mse on a data set of class labels", "train --loss mse"),
     Case(M, "--loss mse with non-finite targets", "train --loss mse --dataset npz/nan-targets.npz"),
     Case(C, "no finished run in the folder", "evaluate nowhere"),
+    Case(C, "a run killed before it wrote best.npz", "evaluate killed"),
     Case(C, "checkpoint with a flipped byte", "evaluate ckpt/flipped-byte"),
     Case(C, "checkpoint with an array changed, zip CRCs valid", "evaluate ckpt/changed-array"),
     Case(C, "checkpoint cut short", "evaluate ckpt/truncated"),
@@ -189,8 +190,9 @@ CASES = [
     Case(C, "--resume with a different configuration", "train --out run --resume --hidden 16"),
     Case(C, "--resume with --skip-nonfinite the run did not have", "train --out run --resume --skip-nonfinite 3"),
     Case(C, "--resume with fewer epochs than already run", "train --out run --resume --epochs 1"),
-    Case(C, "--resume of a damaged checkpoint", "train --out ckpt/flipped-byte --resume"),
-    Case(C, "--resume of a checkpoint whose arrays are another model's", "train --out ckpt/other-model --resume"),
+    Case(C, "--resume with no epoch left to train", "train --out run --resume --epochs 2"),
+    Case(C, "--resume of a damaged checkpoint", "train --out ckpt/flipped-byte --resume --epochs 3"),
+    Case(C, "--resume of a checkpoint whose arrays are another model's", "train --out ckpt/other-model --resume --epochs 3"),
     Case(C, "--resume after the dataset changed shape", "train --out run-npz --resume --epochs 3"),
     Case(C, "a run folder another jaxscratch train is using (its pid reads PID)", f"train --out locked {TINY}"),
     Case(S, "no network (connection refused); the first download creates the empty cache folder",
@@ -355,6 +357,8 @@ def _run_folders(root: Path) -> None:
              x_test=rng.random((30, 20)), y_test=np.arange(30) % 3)
     best = Path("run/best.npz").read_bytes()
     meta = checkpoint.load_metadata("run/checkpoint.npz")
+    os.makedirs("killed")  # what a SIGKILL before the end leaves: the checkpoint alone
+    shutil.copyfile("run/checkpoint.npz", "killed/checkpoint.npz")
     like = {"w": jnp.ones(3)}
 
     def edited(m):
