@@ -108,16 +108,16 @@ class Display:
             return ""
         if status[0] == "phase":
             return f"{status[1]} {_clock(now - status[2])}"
-        _, epoch, done, steps, loss, _, total = status
+        _, epoch, done, steps, loss, reported, total = status
         of = f"/{self.epochs}" if self.epochs else ""
         filled = round(20 * done / steps)
         parts = [f"epoch {epoch}{of}", "[" + "#" * filled + "." * (20 - filled) + "]", f"{done}/{steps}",
                  f"loss {loss:.4f}"]
-        if first is not None and total > first[1] and now > first[0]:
-            rate = (total - first[1]) / (now - first[0])
+        if first is not None and total > first[1] and reported > first[0]:
+            rate = (total - first[1]) / (reported - first[0])  # as of the last report: no sag between reports
             parts.append(f"{rate:.0f} steps/s")
             if self.epochs:
-                parts.append(f"ETA {_clock((self.epochs * steps - total) / rate)}")
+                parts.append(f"ETA {_clock((self.epochs * steps - total) / rate - (now - reported))}")
         line = "  ".join(parts)
         if len(line) >= terminal_width():  # a narrow terminal: the bar goes first, the numbers stay
             line = "  ".join(parts[:1] + parts[2:])

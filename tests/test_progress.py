@@ -201,3 +201,16 @@ def test_loading_says_which_files_and_from_where(tmp_path, monkeypatch):
     assert cli._loading_text({"dataset": "fashion-mnist"}) == (
         f"loading fashion-mnist: {files}, downloading what is missing into {tmp_path / 'cache' / 'fashion-mnist'}")
     assert cli._loading_text({"dataset": "mnist", "dataset_dir": "/d"}) == f"loading mnist from /d ({files})"
+
+
+def test_the_rate_holds_between_reports_and_the_eta_counts_down(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: now[0])
+    d = _progress.Display(Stream(False), epochs=10)  # off a terminal: no timer, no drawing
+    d.tty = True  # but it keeps the status as a terminal's display does
+    d.steps(1, 100, 540, 0.5)   # at t=100
+    now[0] = 110.0
+    d.steps(1, 200, 540, 0.4)   # at t=110: 10 steps/s; 5,200 steps left
+    assert d.status_line(110.0).endswith("10 steps/s  ETA 8:40")
+    assert d.status_line(140.0).endswith("10 steps/s  ETA 8:10")  # no sag while the next chunk runs
+    d.close()
