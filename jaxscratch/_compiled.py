@@ -35,6 +35,7 @@ __all__ = ["MAX_PROGRAMS", "ONE_OFF", "TRAINING", "clear", "info", "jit", "once"
 MAX_PROGRAMS = 256
 ONE_OFF = {"xla_backend_optimization_level": 0}  # compiler options of one-off programs
 
+
 def _training_options() -> dict:
     """:data:`TRAINING`: ``JAXSCRATCH_XLA_OPT_LEVEL`` (0-3; default 1) or ``default`` (XLA's own)."""
     level = os.environ.get("JAXSCRATCH_XLA_OPT_LEVEL", "1").strip()

@@ -137,8 +137,9 @@ def metrics_logger(run_dir, *, tensorboard: bool = False, epochs_done: int | Non
 
     def on_epoch(epoch: int, result) -> None:
         nonlocal events
-        if not started:  # the first epoch: cut a resumed run's file back; a new event file
-            _files.keep_lines(path, lambda line: _epoch_of(line) < epoch)
+        if not started:  # the first epoch: cut a resumed run's file back (unless done above); a new event file
+            if epochs_done is None:
+                _files.keep_lines(path, lambda line: _epoch_of(line) < epoch)
             events = _tensorboard_file(run_dir) if tensorboard else None
             started.append(epoch)
         record = epoch_record(result.history)
