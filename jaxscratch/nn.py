@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxscratch import _compiled
 
@@ -151,9 +152,41 @@ def _init_layers(key, sizes, weight_init, batchnorm, dtype):
 def unit_normals(key, sizes: Sequence[int], dtype=jnp.float32) -> list[jax.Array]:
     """The standard normal draws :func:`init_mlp` scales into its weights, one ``(n_in, n_out)``
     array per layer: ``normal(split(key, L)[i])``. Sweeps draw them in a program of their own
-    that every configuration of one architecture shares (initial scale, batch norm, optimizer)."""
+    that every configuration of one architecture shares (initial scale, batch norm, optimizer).
+
+    With JAX's default generator (threefry, partitionable) and float32, every layer's draws come
+    from one call of the hash over all layers at once instead of one per layer, bit for bit
+    ``jax.random.normal``'s (tested): on a CPU each call is a loop of its own that XLA compiles
+    separately, and one call instead of seven compiled a 7-layer MLP's draws in 0.64-0.70x the
+    time. Other generators and dtypes take ``jax.random.normal`` itself."""
     keys = jax.random.split(key, len(sizes) - 1)
-    return [jax.random.normal(k, (n_in, n_out), dtype) for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])]
+    shapes = list(zip(sizes[:-1], sizes[1:]))
+    counts = [n_in * n_out for n_in, n_out in shapes]
+    if not _one_hash_ok(keys, dtype, counts):
+        return [jax.random.normal(k, shape, dtype) for k, shape in zip(keys, shapes)]
+    # jax.random.normal(k, shape, float32) with the partitionable threefry: the hash of (k, i) for
+    # the row-major index i (high word 0 below 2**32), its two words xor-ed; the top 23 bits as a
+    # float in [1, 2), minus 1, mapped onto (-1, 1) and through sqrt(2) * erfinv.
+    from jax.extend.random import threefry2x32_p
+    owner = np.repeat(np.arange(len(shapes)), counts)  # each draw's layer
+    data = jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys  # (L, 2) uint32
+    k1, k2 = data[..., owner, 0], data[..., owner, 1]
+    lo = jnp.broadcast_to(np.concatenate([np.arange(c, dtype=np.uint32) for c in counts]), k1.shape)
+    b1, b2 = threefry2x32_p.bind(k1, k2, jnp.zeros_like(lo), lo)
+    mantissa = jax.lax.shift_right_logical(b1 ^ b2, np.uint32(9)) | np.float32(1).view(np.uint32)
+    floats = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1)
+    low = np.nextafter(np.float32(-1), np.float32(0))
+    z = np.float32(np.sqrt(2)) * jax.lax.erf_inv(jnp.maximum(low, floats * (np.float32(1) - low) + low))
+    ends = np.cumsum(counts)
+    return [z[..., end - c:end].reshape(z.shape[:-1] + shape) for end, c, shape in zip(ends, counts, shapes)]
+
+
+def _one_hash_ok(keys, dtype, counts) -> bool:
+    """Whether :func:`unit_normals` may draw every layer in one hash call (see there)."""
+    typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    impl = str(jax.random.key_impl(keys)) if typed else jax.config.jax_default_prng_impl
+    return (jnp.dtype(dtype) == jnp.float32 and impl == "threefry2x32" and jax.config.jax_threefry_partitionable
+            and max(counts) < 2**32)
 
 
 def _layers_from_normals(normals, weight_init, batchnorm) -> list[dict]:

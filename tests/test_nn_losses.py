@@ -54,6 +54,34 @@ def test_init_is_deterministic_and_uses_distinct_keys(key):
     assert not jnp.allclose(a[0]["w"], a[1]["w"])  # one key per layer, never reused
 
 
+@pytest.mark.parametrize("sizes", [(4, 3, 2), (1, 1), (3, 1000, 7), (784, 100, 100, 10), (784,) + (100,) * 6 + (10,)])
+@pytest.mark.parametrize("raw", [False, True])
+def test_unit_normals_are_jax_random_normal_bit_for_bit(sizes, raw):
+    """unit_normals draws every layer in one hash call: exactly normal(split(key, L)[i]) per layer,
+    eagerly, jitted and vmapped over keys, typed or raw keys; float64 takes jax.random.normal."""
+    key = jax.random.PRNGKey(5) if raw else jax.random.key(5)
+
+    def reference(k, dtype=jnp.float32):
+        keys = jax.random.split(k, len(sizes) - 1)
+        return [jax.random.normal(kk, s, dtype) for kk, s in zip(keys, zip(sizes[:-1], sizes[1:]))]
+
+    want = reference(key)
+    for got in (nn.unit_normals(key, sizes), jax.jit(lambda k: nn.unit_normals(k, sizes))(key)):
+        assert [g.shape for g in got] == [w.shape for w in want]
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(3))
+    mapped = jax.vmap(lambda k: nn.unit_normals(k, sizes))(keys)
+    assert all(np.array_equal(g, w) for g, w in zip(mapped, jax.vmap(reference)(keys)))
+    with jax.enable_x64(True):
+        got = nn.unit_normals(key, sizes[:3], jnp.float64)
+        assert all(g.dtype == jnp.float64 and np.array_equal(g, w)
+                   for g, w in zip(got, reference(key, jnp.float64)[:2]))
+    with jax.threefry_partitionable(False):  # the other threefry, another generator: jax.random.normal
+        assert all(np.array_equal(g, w) for g, w in zip(nn.unit_normals(key, sizes[:3]), reference(key)[:2]))
+    other = jax.random.key(5, impl="rbg")
+    assert all(np.array_equal(g, w) for g, w in zip(nn.unit_normals(other, sizes[:3]), reference(other)[:2]))
+
+
 def test_init_works_eagerly_inside_jit_and_under_vmap(key):
     """Eagerly init_mlp is one compiled program; inside someone else's trace it is part of theirs
     (with a traced key, or a concrete key closed over), with the same values to float rounding."""
