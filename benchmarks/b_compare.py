@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from common import WORK_NOTE, metrics_of, process_table, run_children, section
+from common import WORK_NOTE, metrics_of, mlp_flops, process_table, run_children, section
 
 IMPLS = ["jaxscratch", "optax-scan", "optax-loop", "numpy"]
 GPU_IMPLS = ["jaxscratch", "optax-scan"]
@@ -108,4 +108,6 @@ def compare(ds, cfg, tmp, log) -> dict:
                   "(SGD and Momentum agree to rounding; AdaGrad and Adam start from a zero accumulator, so rounding in "
                   "near-zero gradients grows within a few steps, and optax's AdaGrad and the book's Adam differ slightly "
                   "in form: (a) checks the arithmetic tightly.)"]
-    return section("(b) 4-optimizer comparison, end to end", lines + ["", WORK_NOTE], metrics_of(best))
+    flops = len(names) * iters * mlp_flops(STEP_SIZES, STEP_BATCH)["needed"]
+    return section("(b) 4-optimizer comparison, end to end", lines + ["", WORK_NOTE],
+                   metrics_of(best, {k: flops for k in best}))

@@ -130,7 +130,7 @@ def assess(results, goals) -> list[list[str]]:
     return out
 
 
-def diagnose(results) -> list[str]:
+def diagnose(results, peaks=None) -> list[str]:
     """Where the time goes, from this run's numbers."""
     m, out = {k: r["metrics"] for k, r in results.items()}, []
     if "a" in m:
@@ -152,6 +152,11 @@ def diagnose(results) -> list[str]:
                      + (f" on {m[w]['devices'][k]} devices" if k.startswith("jaxscratch") else "")
                      for k, work, comp in ((k, m[w]["work_s"][k], m[w]["compile_s"][k]) for k in m[w]["work_s"])]
             out.append(f"({w}) Work = compile + the rest, s: " + "; ".join(parts) + ".")
+            if m[w].get("flops") and peaks:
+                rates = [f"{k} {f / 1e9 / max(m[w]['work_s'][k] - (m[w]['compile_s'][k] or 0), 1e-9):.0f}"
+                         for k, f in m[w]["flops"].items()]
+                out.append(f"({w}) Matmul GFLOP/s while running (work - compile; the matmul peak is "
+                           f"{peaks['jax']:.0f} at n={peaks['jax_n']}): " + ", ".join(rates) + ".")
     if "e" in m and "profile" in m["e"]:
         p, o = m["e"]["profile"], m["e"]["phases_optax"]
         out.append(f"(e) jaxscratch train compiles {p['compile_total']:.1f} s (script {o['compile_total']:.1f} s) and "
@@ -186,7 +191,7 @@ def markdown(info, cfg, mode, peaks, results, goals, wall, data_name) -> str:
     lines += common.table(["", ""], rows, ["<", "<"]) + ["", "## Goals (issue 12)", "",
                                                          "Ratios of work time measured side by side in this run, cold processes.", ""]
     lines += common.table(["goal", "verdict", "measured"], goals, ["<", "<", "<"])
-    lines += ["", "Where the time goes:", ""] + [f"- {d}" for d in diagnose(results)]
+    lines += ["", "Where the time goes:", ""] + [f"- {d}" for d in diagnose(results, peaks)]
     for sec in results.values():
         lines += ["", f"## {sec['title']}", ""] + sec["lines"]
     return "\n".join(lines + ["", f"Settings: {', '.join(f'{k}={v}' for k, v in cfg.items())}.", ""])
@@ -276,7 +281,7 @@ def main(argv=None):
             print(f"\n## {sec['title']}  [{time.perf_counter() - t:.0f} s]\n\n" + "\n".join(sec["lines"]), flush=True)
     goals = assess(results, GPU_GOALS if args.gpu else GOALS)
     print("\n## Goals (issue 12)\n\n" + "\n".join(common.table(["goal", "verdict", "measured"], goals, ["<", "<", "<"])))
-    print("\nWhere the time goes:\n" + "\n".join(f"- {d}" for d in diagnose(results)))
+    print("\nWhere the time goes:\n" + "\n".join(f"- {d}" for d in diagnose(results, peaks)))
     wall = time.perf_counter() - start
     print(f"\ntotal {wall / 60:.1f} min")
     if out_path:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from b_compare import params_from, save_params
-from common import WORK_NOTE, metrics_of, process_table, run_children, section
+from common import WORK_NOTE, epoch_flops, metrics_of, process_table, run_children, section
 
 IMPLS = ["jaxscratch-search", "jaxscratch-halving", "optax-serial", "numpy-serial", "numpy-halving"]
 GPU_IMPLS = ["jaxscratch-search", "optax-serial"]
@@ -132,5 +132,7 @@ def search(ds, cfg, tmp, log) -> dict:
                           for d in [np.asarray(best[k]["result"]["final_val_acc"]) - ref])
         lines += ["", f"Equivalence: jaxscratch sampled the peers' hyperparameters: {same}. Final validation accuracy "
                       f"per trial against jaxscratch's: {agree or 'no peer ran'}."]
-    metrics = dict(metrics_of(best), winner_val_acc={k: v["result"]["winner_val_acc"] for k, v in best.items()})
+    per_epoch = epoch_flops(SIZES, 100, len(xt) // 100, len(xt) + len(xv))  # train and validation accuracy
+    flops = {k: per_epoch * r["result"].get("epochs_trained", T * E) for k, r in best.items()}
+    metrics = dict(metrics_of(best, flops), winner_val_acc={k: v["result"]["winner_val_acc"] for k, v in best.items()})
     return section("(c) Hyperparameter search and successive halving, end to end", lines + ["", WORK_NOTE], metrics)

@@ -25,7 +25,12 @@ def mlp_flops(sizes, batch: int) -> dict:
     """Matmul FLOPs of one training step (2*m*k*n each): ``model`` = forward + 2x backward;
     ``needed`` leaves out the first layer's input gradient, which nothing computes."""
     fwd = sum(2 * batch * a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    return {"model": 3 * fwd, "needed": 3 * fwd - 2 * batch * sizes[0] * sizes[1]}
+    return {"model": 3 * fwd, "needed": 3 * fwd - 2 * batch * sizes[0] * sizes[1], "forward": fwd}
+
+
+def epoch_flops(sizes, batch: int, steps: int, evaluated: int) -> float:
+    """Matmul FLOPs of one epoch: ``steps`` training steps and a forward pass over ``evaluated`` rows."""
+    return steps * mlp_flops(sizes, batch)["needed"] + mlp_flops(sizes, evaluated)["forward"]
 
 
 def best_interleaved(fns: dict, repeats: int, *, before=None) -> dict:
@@ -239,9 +244,10 @@ WORK_NOTE = ("'work': timed inside a fresh process from its inputs as NumPy arra
              "'work - compile' is a lower bound on running); 'process': the child's whole wall time.")
 
 
-def metrics_of(best) -> dict:
+def metrics_of(best, flops=None) -> dict:
+    """The runs' work, compile and devices; ``flops``: impl -> the matmul FLOPs of its work."""
     return {"work_s": {k: v["work_s"] for k, v in best.items()}, "compile_s": {k: v["compile_s"] for k, v in best.items()},
-            "devices": {k: v.get("devices") for k, v in best.items()}}
+            "devices": {k: v.get("devices") for k, v in best.items()}, "flops": flops or {}}
 
 
 def section(title, lines, metrics) -> dict:
