@@ -322,7 +322,7 @@ def _host_columns(trees: list) -> tuple:
     flat = [jax.tree.flatten(t) for t in trees]
     leaves, treedef = flat[0]
     impls = [jax.random.key_impl(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else None for a in leaves]
-    raw = jax.device_get([[jax.random.key_data(a) if impl else a for a, impl in zip(ls, impls)] for ls, _ in flat])
+    raw = _to_host([[jax.random.key_data(a) if impl else a for a, impl in zip(ls, impls)] for ls, _ in flat])
     columns = [np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0]) for parts in zip(*raw)]
     return columns, impls, treedef
 
@@ -338,10 +338,12 @@ def _put_rows(host: tuple, rows, sharding=None) -> Any:
 
 def _trial_sharding(devices: tuple):
     """Where a group's trial-axis arrays go: split over ``devices``; ``None`` (JAX's default
-    placement) for the default device alone. Every call places its arguments alike, so one
-    compiled program serves them all (JAX keys programs on their inputs' placement too)."""
+    placement) for the default device alone, or for another process's device. Every call places
+    its arguments alike, so one compiled program serves them all (JAX keys programs on their
+    inputs' placement too)."""
     if len(devices) == 1:
-        return None if devices[0] == jax.local_devices()[0] else jax.sharding.SingleDeviceSharding(devices[0])
+        mine = devices[0].process_index == jax.process_index() and devices[0] != jax.local_devices()[0]
+        return jax.sharding.SingleDeviceSharding(devices[0]) if mine else None
     return jax.sharding.NamedSharding(_trial_mesh(devices), jax.sharding.PartitionSpec("trials"))
 
 
@@ -349,7 +351,24 @@ def _replicated(tree, devices: tuple):
     """``tree`` whole on every device of ``devices`` (the data every trial reads)."""
     if len(devices) == 1:
         return jax.device_put(tree, _trial_sharding(devices))
-    return jax.device_put(tree, jax.sharding.NamedSharding(_trial_mesh(devices), jax.sharding.PartitionSpec()))
+    everywhere = jax.sharding.NamedSharding(_trial_mesh(devices), jax.sharding.PartitionSpec())
+    if everywhere.is_fully_addressable:
+        return jax.device_put(tree, everywhere)
+    # devices of several processes (jax.distributed): every process passes the same values
+    return jax.tree.map(lambda a: train._put_across_processes(a, everywhere), tree)
+
+
+def _to_host(tree):
+    """``jax.device_get(tree)``; arrays split over the devices of several processes (a sweep over
+    ``jax.devices()`` under ``jax.distributed``) are gathered whole onto every process."""
+    def get(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+            return jax.device_get(a)
+        if a.sharding.is_fully_replicated:
+            return np.asarray(a.addressable_shards[0].data)
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return jax.tree.map(get, tree)
 
 
 def _hparams(hparams: dict) -> tuple[dict, int]:
@@ -446,7 +465,7 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
         states.append(state)
         records.append(per_epoch)
     state = states[0] if whole else _put_rows(_host_columns(states), np.arange(n))
-    records = jax.device_get(records)  # one transfer for the whole call
+    records = _to_host(records)  # one transfer for the whole call
     history = dict(trials.history)
     for k in records[0][0]:
         v = np.concatenate([np.concatenate([r[k] for r in per_epoch], axis=1) for per_epoch in records])[:n]
@@ -582,7 +601,7 @@ def kfold_cv(key, spec: Spec, hparams: dict, x, y, *, k: int, epochs: int, seed:
     padded = _put_rows(_host_columns([hp]), rows, _trial_sharding(devices))
     state, records = _compiled.program(_build_kfold, spec, epochs, k, devices)(_replicated(key, devices), padded, *folds)
     state = _put_rows(_host_columns([state]), np.arange(c), _trial_sharding(devices[:1]))
-    records = jax.device_get(records)
+    records = _to_host(records)
     val_loss = np.asarray(records["val_eval_loss"][:c, :, -1])
     val_acc = np.asarray(records["val_acc"][:c, :, -1]) if "val_acc" in records else None
     return CVResult(hp, val_loss, val_acc, state, int(np.argmin(val_loss.mean(axis=1))))

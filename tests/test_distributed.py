@@ -12,8 +12,9 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
-from jaxscratch import checkpoint, data, nn, optim, train
+from jaxscratch import checkpoint, data, nn, optim, sweep, train
 
 # What each process runs: argv = port, process id, output file, split seed (the same on both
 # processes, unless a test wants them to disagree). Two CPU devices per process, so the mesh's
@@ -30,7 +31,7 @@ _WORKER = textwrap.dedent("""
     jax.config.update("jax_numpy_rank_promotion", "raise")
     jax.config.update("jax_default_matmul_precision", "highest")
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
-    from jaxscratch import checkpoint, data, nn, optim, train
+    from jaxscratch import checkpoint, data, nn, optim, sweep, train
     assert jax.process_count() == 2 and jax.local_device_count() == 2 and jax.device_count() == 4, jax.devices()
     ds = data.load_digits()  # every process loads the same data
     xt, yt, xv, yv = data.train_val_split(ds.x_train, ds.y_train, 0.1, seed=seed)
@@ -56,9 +57,24 @@ _WORKER = textwrap.dedent("""
         "replicated": bool(w.sharding.is_fully_replicated), "n_devices": len(w.sharding.device_set),
         "n_processes": len({d.process_index for d in w.sharding.device_set}),
     }
+    # a sweep with its trials split over all four devices of both processes (5 trials: padded)
+    trials = sweep.run_trials(jax.random.key(2), SPEC, HPARAMS, (xt, yt), epochs=2, validation=(xv, yv),
+                              devices=jax.devices(), group_size=1)
+    result["sweep"] = {k: v.tolist() for k, v in trials.history.items()}
+    result["sweep_params"] = [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(trials.state.params)]
+    result["sweep_best"] = sweep.table(trials)[0]["trial"]
+    _, rows, _ = sweep.successive_halving(jax.random.key(3), SPEC, RANGES, (xt, yt), (xv, yv), **HALVING,
+                                          devices=jax.devices(), group_size=1)
+    result["halving"] = rows
     with open(out, "w") as f:
         json.dump(result, f)
 """)
+_SWEEP = """
+SPEC = sweep.Spec(sizes=(64, 32, 10), optimizer="sgd", batch_size=32)
+HPARAMS = {"learning_rate": [0.01, 0.03, 0.1, 0.3, 0.05], "weight_decay": [0.0, 1e-4, 1e-3, 0.0, 1e-2]}
+RANGES, HALVING = {"learning_rate": (0.01, 0.3)}, {"n_trials": 6, "max_epochs": 3, "min_epochs": 1, "eta": 2}
+"""
+_WORKER = _WORKER.replace("mesh = jax.sharding.Mesh", _SWEEP.lstrip() + "mesh = jax.sharding.Mesh", 1)
 
 
 def _free_port() -> int:
@@ -90,11 +106,18 @@ def _run_two_processes(tmp_path, seeds=(0, 0)):
     return [p.returncode for p in procs], logs, outs
 
 
-def test_fit_across_two_processes_equals_one_device(tmp_path):
-    codes, logs, outs = _run_two_processes(tmp_path)
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """One run of both processes, shared by the tests that read it: (folder, both results)."""
+    folder = tmp_path_factory.mktemp("distributed")
+    codes, logs, outs = _run_two_processes(folder)
     for i, (code, log) in enumerate(zip(codes, logs)):
         assert code == 0, f"process {i} exited with {code}:\n{log[-3000:]}"
-    results = [json.loads(o.read_text()) for o in outs]
+    return folder, [json.loads(o.read_text()) for o in outs]
+
+
+def test_fit_across_two_processes_equals_one_device(two_processes):
+    tmp_path, results = two_processes
     assert results[0] == results[1]  # both processes hold the same run
     r = results[0]
     assert r["replicated"] and r["n_devices"] == 4 and r["n_processes"] == 2
@@ -121,6 +144,34 @@ def test_fit_across_two_processes_equals_one_device(tmp_path):
     for got, want in zip(jax.tree.leaves((saved.params, saved.opt_state)),
                          jax.tree.leaves((single.state.params, single.state.opt_state)), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=1e-5)
+
+
+def test_sweep_across_two_processes_equals_one_process(two_processes):
+    """run_trials over jax.devices() of two processes (trials split over four devices, padded,
+    gathered back onto both) trains each trial as one process does."""
+    _, results = two_processes
+    assert results[0]["sweep"] == results[1]["sweep"] and results[0]["sweep_params"] == results[1]["sweep_params"]
+    ds = data.load_digits()
+    xt, yt, xv, yv = data.train_val_split(ds.x_train, ds.y_train, 0.1, seed=0)
+    namespace = {"sweep": sweep}
+    exec(_SWEEP, namespace)
+    single = sweep.run_trials(jax.random.key(2), namespace["SPEC"], namespace["HPARAMS"], (xt, yt), epochs=2,
+                              validation=(xv, yv))
+    r = results[0]
+    assert set(r["sweep"]) == set(single.history)
+    for k, v in single.history.items():
+        assert np.shape(r["sweep"][k]) == v.shape == (5, 2)
+        np.testing.assert_allclose(r["sweep"][k], v, rtol=2e-4, atol=2e-5, err_msg=k)
+    for got, want in zip(r["sweep_params"], jax.tree.leaves(single.state.params), strict=True):
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), rtol=2e-4, atol=1e-5)
+    assert r["sweep_best"] == sweep.table(single)[0]["trial"]
+    # successive halving (rungs of 6, 3 and 2 trials: selections between calls) the same way
+    _, rows, _ = sweep.successive_halving(jax.random.key(3), namespace["SPEC"], namespace["RANGES"], (xt, yt),
+                                          (xv, yv), **namespace["HALVING"])
+    assert [row["trial"] for row in r["halving"]] == [row["trial"] for row in rows]
+    for got, want in zip(r["halving"], rows):
+        for k, v in want.items():
+            np.testing.assert_allclose(got[k], v, rtol=2e-4, atol=2e-5, err_msg=k)
 
 
 def test_processes_that_load_different_data_are_refused(tmp_path):
