@@ -66,12 +66,15 @@ _WORKER = textwrap.dedent("""
     _, rows, _ = sweep.successive_halving(jax.random.key(3), SPEC, RANGES, (xt, yt), (xv, yv), **HALVING,
                                           devices=jax.devices(), group_size=1)
     result["halving"] = rows
+    cv = sweep.kfold_cv(jax.random.key(4), SPEC, KFOLD, xt, yt, k=2, epochs=1, devices=jax.devices())
+    result["kfold"] = {"val_loss": cv.val_loss.tolist(), "val_acc": cv.val_acc.tolist(), "best": cv.best}
     with open(out, "w") as f:
         json.dump(result, f)
 """)
 _SWEEP = """
 SPEC = sweep.Spec(sizes=(64, 32, 10), optimizer="sgd", batch_size=32)
 HPARAMS = {"learning_rate": [0.01, 0.03, 0.1, 0.3, 0.05], "weight_decay": [0.0, 1e-4, 1e-3, 0.0, 1e-2]}
+KFOLD = {"learning_rate": [0.05, 0.2, 0.1]}  # three configurations on four devices: padded
 RANGES, HALVING = {"learning_rate": (0.01, 0.3)}, {"n_trials": 6, "max_epochs": 3, "min_epochs": 1, "eta": 2}
 """
 _WORKER = _WORKER.replace("mesh = jax.sharding.Mesh", _SWEEP.lstrip() + "mesh = jax.sharding.Mesh", 1)
@@ -172,6 +175,11 @@ def test_sweep_across_two_processes_equals_one_process(two_processes):
     for got, want in zip(r["halving"], rows):
         for k, v in want.items():
             np.testing.assert_allclose(got[k], v, rtol=2e-4, atol=2e-5, err_msg=k)
+    # K-fold cross-validation: configurations split over the four devices, folds vmapped
+    cv = sweep.kfold_cv(jax.random.key(4), namespace["SPEC"], namespace["KFOLD"], xt, yt, k=2, epochs=1)
+    np.testing.assert_allclose(r["kfold"]["val_loss"], cv.val_loss, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(r["kfold"]["val_acc"], cv.val_acc, rtol=2e-4, atol=2e-5)
+    assert r["kfold"]["best"] == cv.best
 
 
 def test_processes_that_load_different_data_are_refused(tmp_path):
