@@ -40,9 +40,8 @@ def main(module, impl, prep_path, report_path):
     result = mod.RUN[impl](prep)
     work = time.perf_counter() - start
     jax = sys.modules.get("jax")
-    report = {"work_s": work, "imports_s": imports_s, "result": result, "jax_loaded": jax is not None,
-              "compile_s": clock and clock.total, "programs": clock.largest() if clock else {},
-              "devices": jax.device_count() if jax else None}
+    report = {"work_s": work, "imports_s": imports_s, "result": result, "compile_s": clock and clock.total,
+              "programs": clock.largest() if clock else {}, "devices": jax.device_count() if jax else None}
     with open(report_path, "w") as f:
         json.dump(report, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 

@@ -127,7 +127,7 @@ def train_process(ds, cfg, tmp, log) -> dict:
             raise RuntimeError(f"did not write {', '.join(missing)}")
         return dict(rep, test_acc=json.load(open(os.path.join(out, "metrics.json")))["test_accuracy"])
 
-    describe = lambda rep: f"{rep['wall_s']:.2f}s rss {rep['maxrss_mib']:.0f} MiB test acc {100 * rep['test_acc']:.2f}%"
+    describe = lambda r: f"{r['wall_s']:.2f}s rss {r['maxrss_mib']:.0f} MiB test acc {100 * r['test_acc']:.2f}%"
     best, walls, failed = best_runs(list(cmds), repeats, run, log, "train", "wall_s", describe)
     lines = [f"`python -m jaxscratch train --dataset fashion-mnist --epochs {E} --out DIR` (MLP 784-100-100-10, "
              "Adam 1e-3, batch 100, 10% validation, train/val/test evaluated and a checkpoint written each epoch, "
@@ -138,11 +138,11 @@ def train_process(ds, cfg, tmp, log) -> dict:
                                    "test images." if cfg["e_subset"] else ""), ""]
     peer = {"jaxscratch train": "optax script", "jaxscratch train, cached": "optax script, JAX cache"}
     rows = [[n, f"{b['wall_s']:.2f}", " ".join(f"{w:.1f}" for w in walls[n]), f"{b['maxrss_mib']:.0f}",
-             f"{100 * b['test_acc']:.2f}%", f"{b['wall_s'] / best[peer[n]]['wall_s']:.2f}x" if peer.get(n) in best else ""]
-            for n, b in best.items()]
+             f"{100 * b['test_acc']:.2f}%", f"{b['wall_s'] / best[peer[n]]['wall_s']:.2f}x" if peer.get(n) in best
+             else ""] for n, b in best.items()]
     lines += table(["process", "wall s", "all runs s", "peak RSS MiB", "test acc", "vs its optax peer"], rows)
     lines += [f"FAILED {name}: {msg}" for name, msg in failed.items()]
-    metrics = {"wall_s": {k: v["wall_s"] for k, v in best.items()}, "test_acc": {k: v["test_acc"] for k, v in best.items()}}
+    metrics = {}
 
     np.savez(path := os.path.join(tmp, "train.npz"), epochs=E, out=os.path.join(tmp, "run-profile"), data_dir=sub)
     try:
@@ -161,7 +161,8 @@ def train_process(ds, cfg, tmp, log) -> dict:
                   ("  of which compiling (whole process)", p["compile_total"], ox["compile_total"])]
         lines += ["", f"Where the time goes (one more run of each, timed inside the process, s; jaxscratch saw "
                       f"{prof['devices']} JAX devices, the script 1):", ""]
-        lines += table(["phase", "jaxscratch train", "optax script"], [[a, f"{b:.2f}", f"{c:.2f}"] for a, b, c in phases])
+        lines += table(["phase", "jaxscratch train", "optax script"],
+                       [[a, f"{b:.2f}", f"{c:.2f}"] for a, b, c in phases])
         metrics.update(profile=p, phases_optax=ox, devices={"jaxscratch train": prof["devices"]},
                        compile_s={"jaxscratch train": p["compile_total"], "optax script": ox["compile_total"]})
     except (RuntimeError, KeyError, IndexError, ValueError) as err:
