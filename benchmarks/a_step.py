@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from common import CompileClock, best_interleaved, child_env, mlp_flops, run_process, section, table
+from common import CompileClock, best_interleaved, mlp_flops, run_process, section, table
 
 STEP_SIZES = (784, 100, 100, 100, 100, 10)
 STEP_BATCH = 128
@@ -27,11 +27,12 @@ THREAD_FLAGS = {  # XLA_FLAGS -> what it tries (each exists in this jaxlib: `str
 }
 
 
-def matmul_peaks(sizes, with_numpy=True, repeats=5) -> dict:
-    """Best GFLOP/s of a square float32 matmul on JAX's default device (and in NumPy)."""
+def matmul_peaks(sizes, with_numpy=True, out=None, repeats=5) -> dict:
+    """Best GFLOP/s of a square float32 matmul on JAX's default device (and in NumPy); ``out``: an
+    earlier measurement, updated where this one is faster."""
     import jax
     import jax.numpy as jnp
-    out = {"jax": 0.0, "numpy": 0.0, "jax_n": None, "numpy_n": None}
+    out = out or {"jax": 0.0, "numpy": 0.0, "jax_n": None, "numpy_n": None}
     dot = jax.jit(jnp.dot)
     for n in sizes:
         a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
@@ -107,13 +108,14 @@ def step(ds, cfg, peaks) -> dict:
     K_ep = min(K, len(x_np) // B)  # make_epoch runs len(x) // B steps (its own permutation batches)
     state0 = train.init_state(jax.random.key(1), params, adam, model_state)
     ox_scan = optax_peer.scan_runner(optax_peer.OPTIMIZERS["adam"]())
-    ox_loop = optax_peer.loop_runner(optax_peer.OPTIMIZERS["adam"]())[0]
+    ox_loop = optax_peer.loop_runner(optax_peer.OPTIMIZERS["adam"]())
     floor, fresh = _jax_matmuls(x), {}
     np_run = lambda opt, dtype=np.float32, xs=x_np, b=batches_np: numpy_peer.run_steps(
         numpy_peer.MultiLayerNet(params_np, dtype=dtype), opt, xs, y_np, b)
     impls = {  # name -> K steps, blocked until done
         "jaxscratch": lambda: js(params, x, y, batches)[1].block_until_ready(),
-        "jaxscratch make_epoch": lambda: epoch(fresh["state"], x[:K_ep * B], y[:K_ep * B], train.Hyper())[1].block_until_ready(),
+        "jaxscratch make_epoch": lambda: epoch(fresh["state"], x[:K_ep * B], y[:K_ep * B],
+                                               train.Hyper())[1].block_until_ready(),
         "optax scan": lambda: ox_scan(params, x, y, batches)[1].block_until_ready(),
         "optax loop": lambda: ox_loop(params, x, y, batches_np)[1],  # host losses: synced
         "numpy": lambda: np_run(numpy_peer.Adam()),
@@ -121,18 +123,18 @@ def step(ds, cfg, peaks) -> dict:
         "XLA matmuls only": lambda: jax.block_until_ready(floor(batches)),
         "NumPy matmuls only": lambda: _numpy_matmuls(x_np, batches_np),
     }
-    if not with_numpy:
-        impls = {k: v for k, v in impls.items() if not k.lower().startswith("numpy")}
+    is_numpy = lambda name: name.lower().startswith("numpy")
+    impls = {k: v for k, v in impls.items() if with_numpy or not is_numpy(k)}
 
     def before():
         fresh["state"] = jax.tree.map(jnp.copy, state0)  # make_epoch donates its state
 
     clock, compile_s = CompileClock(), {}
-    for name, fn in impls.items():
+    for name, fn in impls.items():  # the first call compiles (JAX) or warms up (NumPy)
         before()
-        compile_s[name] = None if name.lower().startswith("numpy") else clock.during(fn)
-        if compile_s[name] is None:
-            fn()  # warm-up
+        compile_s[name] = None if is_numpy(name) else clock.during(fn)
+        if is_numpy(name):
+            fn()
 
     # Equivalence: the same weights and batches give the same losses. Adam divides by sqrt(v), so
     # rounding in near-zero gradients grows step by step: its tight check covers 5 steps, SGD's 20.
@@ -140,45 +142,41 @@ def step(ds, cfg, peaks) -> dict:
     diff = lambda a, b, k=n: float(np.abs(np.asarray(a)[:k] - np.asarray(b)[:k]).max())
     ref = js(params, x, y, batches)[1]
     js_sgd = run(optim.sgd())(params, x, y, batches[:n])[1]
+    ox_sgd = optax_peer.scan_runner(optax_peer.OPTIMIZERS["sgd"]())(params, x, y, batches[:n])[1]
     checks = [("Adam, 5 steps: optax scan vs jaxscratch", diff(ox_scan(params, x, y, batches)[1], ref, 5), 1e-4),
               ("Adam, 5 steps: optax loop vs jaxscratch", diff(ox_loop(params, x, y, batches_np)[1], ref, 5), 1e-4),
-              (f"SGD, {n} steps: optax scan vs jaxscratch",
-               diff(optax_peer.scan_runner(optax_peer.OPTIMIZERS["sgd"]())(params, x, y, batches[:n])[1], js_sgd), 1e-5)]
+              (f"SGD, {n} steps: optax scan vs jaxscratch", diff(ox_sgd, js_sgd), 1e-5)]
     if with_numpy:
         book = run(optim.adam(fold_bias_correction=True))(params, x, y, batches)[1]
         checks += [(f"Adam, {n} steps: numpy (the book's Adam) vs jaxscratch adam(fold_bias_correction=True)",
                     diff(np_run(numpy_peer.Adam(), b=batches_np[:n]), book), 1e-3),
-                   (f"Adam, {n} steps: numpy float64 vs the same", diff(np_run(numpy_peer.Adam(), np.float64, x64,
-                                                                                batches_np[:n]), book), 1e-3),
-                   (f"SGD, {n} steps: numpy vs jaxscratch", diff(np_run(numpy_peer.SGD(), b=batches_np[:n]), js_sgd), 1e-4)]
+                   (f"Adam, {n} steps: numpy float64 vs the same",
+                    diff(np_run(numpy_peer.Adam(), np.float64, x64, batches_np[:n]), book), 1e-3),
+                   (f"SGD, {n} steps: numpy vs jaxscratch", diff(np_run(numpy_peer.SGD(), b=batches_np[:n]), js_sgd),
+                    1e-4)]
 
     times = best_interleaved(impls, repeats, before=before)
     per_step = {k: min(v) / (K_ep if k == "jaxscratch make_epoch" else K) for k, v in times.items()}
-    again = matmul_peaks(cfg["peak_sizes"], with_numpy)  # the peak once more, right after: the best counts
-    for lib in ("jax", "numpy"):
-        if again[lib] > peaks[lib]:
-            peaks[lib], peaks[f"{lib}_n"] = again[lib], again[f"{lib}_n"]
+    matmul_peaks(cfg["peak_sizes"], with_numpy, peaks)  # the peak once more, right after: the best counts
     peak_note = f"JAX {peaks['jax']:.1f} GFLOP/s (n={peaks['jax_n']})" + (
         f", NumPy {peaks['numpy']:.1f} GFLOP/s (n={peaks['numpy_n']})" if with_numpy else "")
-    lines = [f"MLP {'-'.join(map(str, STEP_SIZES))}, batch {B}, Adam; {K} steps per timed run ({K_ep} for make_epoch), "
-             f"best of {repeats} runs interleaved, compilation excluded. FLOPs per step {flops['model'] / 1e6:.1f} M "
-             f"(matmuls, forward + 2x backward; {flops['needed'] / 1e6:.1f} M without the first layer's input gradient, "
-             f"which nobody computes). Matmul peak: {peak_note}. 'XLA/NumPy matmuls only' run just the step's 14 "
-             "matmuls on the gathered batches: floors for these shapes, not peers.", "",
-             "Equivalence (the same initial weights and batches; max |loss difference|):"]
-    for what, d, tol in checks:
-        lines.append(f"- {what}: {d:.2e} {'ok' if d <= tol else 'FAIL'} (tol {tol:g})")
-    rows = []
-    for name, t in per_step.items():
-        gf = flops["model"] / t / 1e9
-        peak = peaks["numpy" if name.lower().startswith("numpy") else "jax"]
-        rows.append([name, f"{t * 1e3:.3f}", f"{gf:.1f}", f"{100 * gf / peak:.0f}%",
-                     "n/a" if compile_s[name] is None else f"{compile_s[name]:.2f}", f"{t / per_step['jaxscratch']:.2f}x"])
-    lines += [""] + table(["implementation", "ms/step", "GFLOP/s", "% of matmul peak", "compile s", "vs jaxscratch"], rows)
-    gf = flops["model"] / per_step["jaxscratch"] / 1e9
-    metrics = {"per_step": per_step, "compile_s": compile_s, "gflops": gf, "peak_fraction": gf / peaks["jax"],
-               "floor_fraction": per_step["XLA matmuls only"] / per_step["jaxscratch"],
-               "equivalent": all(d <= tol for _, d, tol in checks)}
+    lines = [f"MLP {'-'.join(map(str, STEP_SIZES))}, batch {B}, Adam; {K} steps per timed run ({K_ep} for "
+             f"make_epoch), best of {repeats} runs interleaved, compilation excluded. FLOPs per step "
+             f"{flops['model'] / 1e6:.1f} M (matmuls, forward + 2x backward; {flops['needed'] / 1e6:.1f} M without "
+             f"the first layer's input gradient, which nobody computes). Matmul peak: {peak_note}. 'XLA/NumPy "
+             "matmuls only' run just the step's 14 matmuls on the gathered batches: floors for these shapes, not "
+             "peers.", "", "Equivalence (the same initial weights and batches; max |loss difference|):"]
+    lines += [f"- {what}: {d:.2e} {'ok' if d <= tol else 'FAIL'} (tol {tol:g})" for what, d, tol in checks]
+    gflops = {name: flops["model"] / t / 1e9 for name, t in per_step.items()}
+    rows = [[name, f"{t * 1e3:.3f}", f"{gflops[name]:.1f}",
+             f"{100 * gflops[name] / peaks['numpy' if is_numpy(name) else 'jax']:.0f}%",
+             "n/a" if compile_s[name] is None else f"{compile_s[name]:.2f}", f"{t / per_step['jaxscratch']:.2f}x"]
+            for name, t in per_step.items()]
+    lines += [""] + table(["implementation", "ms/step", "GFLOP/s", "% of matmul peak", "compile s", "vs jaxscratch"],
+                          rows)
+    metrics = {"per_step": per_step, "compile_s": compile_s, "gflops": gflops["jaxscratch"],
+               "peak_fraction": gflops["jaxscratch"] / peaks["jax"],
+               "floor_fraction": per_step["XLA matmuls only"] / per_step["jaxscratch"]}
     if cfg["a_threads"] and jax.default_backend() == "cpu":
         thread_lines, metrics["threads"] = threading(cfg)
         lines += [""] + thread_lines
@@ -192,7 +190,7 @@ def threading(cfg):
     for flags in THREAD_FLAGS:
         try:
             r = run_process([sys.executable, os.path.abspath(__file__), "--thread-child", steps, repeats],
-                            env=child_env(XLA_FLAGS=flags))
+                            XLA_FLAGS=flags)
             out[flags] = json.loads(r["stdout"].strip().splitlines()[-1])
         except (RuntimeError, ValueError, IndexError) as err:
             out[flags] = {"error": str(err).splitlines()[0][:200]}

@@ -12,7 +12,6 @@ the JAX implementations only and writes benchmarks/RESULTS-gpu.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -24,25 +23,22 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # a GPU shared 
 import common  # noqa: E402 (after the sys.path insert that finds it)
 
 FULL = {"repeats": 5, "a_steps": 1000, "a_threads": True, "e2e_repeats": 2, "c_repeats": 1, "e_repeats": 3,
-        "b_optimizers": ["sgd", "momentum", "adagrad", "adam"], "b_iterations": 2000, "c_trials": 100, "c_epochs": 50,
-        "c_min_epochs": 5, "d_epochs": 20, "d_scales": 16, "e_epochs": 10, "e_subset": None, "peak_sizes": (1024, 2048, 3072)}
+        "b_optimizers": ["sgd", "momentum", "adagrad", "adam"], "b_iterations": 2000, "c_trials": 100,
+        "c_epochs": 50, "c_min_epochs": 5, "d_epochs": 20, "d_scales": 16, "e_epochs": 10, "e_subset": None,
+        "peak_sizes": (1024, 2048, 3072)}
 QUICK = dict(FULL, repeats=2, a_steps=40, a_threads=False, e2e_repeats=1, e_repeats=1, b_optimizers=["sgd", "adam"],
              b_iterations=50, c_trials=6, c_epochs=3, c_min_epochs=1, d_epochs=2, d_scales=4, e_epochs=1,
              e_subset=(6000, 1000), peak_sizes=(512, 1024))
-GPU_PEAK_SIZES = (4096, 8192)
 
 
 # ----------------------------------------------------------------- goals
-def _split(m, w, k):
-    work, comp = m[w]["work_s"][k], m[w]["compile_s"][k]
-    return work, comp, max(work - (comp or 0.0), 1e-9)
-
-
-def speed(w, js, peer, faster=None, at_most=None):
+def speed(w, js, peer, faster=None, at_most=None, winner=False):
     """A goal on work time: ``peer / js >= faster`` or ``js / peer <= at_most``; the detail splits
-    compile and run and, when missed, says which of them holds it back."""
+    compile and run and, when missed, says which of them holds it back. ``winner``: (c) also needs a
+    winner as good as the NumPy serial search's (validation accuracy)."""
     def judge(m):
-        (jw, jc, jr), (pw, pc, pr) = _split(m, w, js), _split(m, w, peer)
+        (jw, pw), (jc, pc) = ([m[w][key][k] for k in (js, peer)] for key in ("work_s", "compile_s"))
+        jr, pr = max(jw - (jc or 0.0), 1e-9), max(pw - (pc or 0.0), 1e-9)
         ratio, run_ratio = (pw / jw, pr / jr) if faster else (jw / pw, jr / pr)
         ok = (lambda r: r >= faster) if faster else (lambda r: r <= at_most)
         fmt = (lambda r: f"{r:.2f}x as fast") if faster else (lambda r: f"{r:.2f}x the time")
@@ -51,24 +47,18 @@ def speed(w, js, peer, faster=None, at_most=None):
         if not ok(ratio):
             detail += (f"; compile holds it back: running alone would be {fmt(run_ratio)}" if ok(run_ratio) else
                        f"; running holds it back (running alone: {fmt(run_ratio)})")
-        return ok(ratio), detail
+        if not winner:
+            return ok(ratio), detail
+        acc, numpy = m["c"]["winner_val_acc"][js], m["c"]["winner_val_acc"]["numpy-serial"]
+        return ok(ratio) and acc >= numpy, f"{detail}; winner {100 * acc:.0f}% (NumPy's {100 * numpy:.0f}%)"
     return judge
-
-
-def with_winner(judge, impl):
-    """A (c) goal that also needs a winner as good as the NumPy serial search's (validation accuracy)."""
-    def both(m):
-        ok, detail = judge(m)
-        acc = m["c"]["winner_val_acc"]
-        good = acc[impl] >= acc["numpy-serial"]
-        return ok and good, f"{detail}; winner {100 * acc[impl]:.0f}% (NumPy's {100 * acc['numpy-serial']:.0f}%)"
-    return both
 
 
 def compiles(w, impls, peer):
     def judge(m):
         c = m[w]["compile_s"]
-        return all(c[k] <= c[peer] for k in impls), ", ".join(f"{k} {c[k]:.2f} s" for k in impls) + f" vs {peer} {c[peer]:.2f} s"
+        return all(c[k] <= c[peer] for k in impls), (", ".join(f"{k} {c[k]:.2f} s" for k in impls)
+                                                     + f" vs {peer} {c[peer]:.2f} s")
     return judge
 
 
@@ -82,30 +72,29 @@ def step_goal(limit):
     return judge
 
 
-def fit_compile(m):
-    return m["e"]["fit_compile_s"] <= 1.0, f"{m['e']['fit_compile_s']:.2f} s of compile events inside fit"
-
-
 GOALS = [  # (workload, goal, judge(metrics) -> (ok, detail))
     ("a", "Step: at most 1.0x the optax-scan peer", step_goal(1.0)),
     ("b", "Comparison: at least 2x faster than NumPy", speed("b", "jaxscratch", "numpy", faster=2)),
     ("b", "Comparison: at most 0.7x the optax-scan peer's time", speed("b", "jaxscratch", "optax-scan", at_most=0.7)),
     ("c", "Search: at least 4x faster than NumPy serial, winner as good",
-     with_winner(speed("c", "jaxscratch-search", "numpy-serial", faster=4), "jaxscratch-search")),
+     speed("c", "jaxscratch-search", "numpy-serial", faster=4, winner=True)),
     ("c", "Halving: at least 10x faster than NumPy serial, winner as good",
-     with_winner(speed("c", "jaxscratch-halving", "numpy-serial", faster=10), "jaxscratch-halving")),
+     speed("c", "jaxscratch-halving", "numpy-serial", faster=10, winner=True)),
     ("c", "Halving: at least 1.5x faster than NumPy halving, winner as good",
-     with_winner(speed("c", "jaxscratch-halving", "numpy-halving", faster=1.5), "jaxscratch-halving")),
+     speed("c", "jaxscratch-halving", "numpy-halving", faster=1.5, winner=True)),
     ("c", "Search: at most 0.6x the optax-serial peer's time, winner as good",
-     with_winner(speed("c", "jaxscratch-search", "optax-serial", at_most=0.6), "jaxscratch-search")),
+     speed("c", "jaxscratch-search", "optax-serial", at_most=0.6, winner=True)),
     ("d", "Batch-norm grid: at least 2x faster than NumPy serial", speed("d", "jaxscratch", "numpy-serial", faster=2)),
-    ("d", "Batch-norm grid: at most 0.7x the optax-serial peer's time", speed("d", "jaxscratch", "optax-serial", at_most=0.7)),
+    ("d", "Batch-norm grid: at most 0.7x the optax-serial peer's time",
+     speed("d", "jaxscratch", "optax-serial", at_most=0.7)),
     ("b", "Compile (b): at most optax-scan's", compiles("b", ["jaxscratch"], "optax-scan")),
     ("c", "Compile (c): search and halving at most optax-serial's",
      compiles("c", ["jaxscratch-search", "jaxscratch-halving"], "optax-serial")),
     ("d", "Compile (d): at most optax-serial's", compiles("d", ["jaxscratch"], "optax-serial")),
-    ("e", "Compile (e): `jaxscratch train` at most the optax script's", compiles("e", ["jaxscratch train"], "optax script")),
-    ("e", "Compile of a `fit`: at most 1 s", fit_compile),
+    ("e", "Compile (e): `jaxscratch train` at most the optax script's",
+     compiles("e", ["jaxscratch train"], "optax script")),
+    ("e", "Compile of a `fit`: at most 1 s",
+     lambda m: (m["e"]["fit_compile_s"] <= 1.0, f"{m['e']['fit_compile_s']:.2f} s of compile events inside fit")),
 ]
 GPU_GOALS = [
     ("c", "100-trial search, vmapped: at least 20x faster than the same trials one after another (optax-serial)",
@@ -114,29 +103,31 @@ GPU_GOALS = [
 ]
 
 
-def assess(results, goals) -> list[list[str]]:
-    m, out = {k: r["metrics"] for k, r in results.items()}, []
+def assess(m, goals) -> list[list[str]]:
+    """[goal, verdict, measured] rows from the sections' metrics ``m`` (workload -> metrics)."""
+    out = []
     for w, text, judge in goals:
         if w not in m:
             out.append([text, "not run", ""])
             continue
         try:
             ok, detail = judge(m)
+            ok = "PASS" if ok else "MISS"
         except (KeyError, TypeError) as err:  # an implementation it needs failed (its error is in the section)
             ok, detail = "incomplete", f"no result for {err}"
         busy = m[w].get("contention")
         detail += f" [noisy: others took {100 * busy:.0f}% of the CPU]" if busy and busy > 0.1 else ""
-        out.append([text, ok if isinstance(ok, str) else "PASS" if ok else "MISS", detail])
+        out.append([text, ok, detail])
     return out
 
 
-def diagnose(results, peaks=None) -> list[str]:
-    """Where the time goes, from this run's numbers."""
-    m, out = {k: r["metrics"] for k, r in results.items()}, []
+def diagnose(m, peaks) -> list[str]:
+    """Where the time goes, from this run's numbers (``m``: workload -> metrics)."""
+    out = []
     if "a" in m:
         t = m["a"]["per_step"]
-        line = (f"(a) The step is matmul-bound: jaxscratch's step {1e3 * t['jaxscratch']:.3f} ms, its 14 matmuls alone "
-                f"{1e3 * t['XLA matmuls only']:.3f} ms in XLA")
+        line = (f"(a) The step is matmul-bound: jaxscratch's step {1e3 * t['jaxscratch']:.3f} ms, its 14 matmuls "
+                f"alone {1e3 * t['XLA matmuls only']:.3f} ms in XLA")
         if "numpy" in t:
             line += (f", {1e3 * t['NumPy matmuls only']:.3f} ms in NumPy, whose step spends "
                      f"{1e3 * (t['numpy'] - t['NumPy matmuls only']):.3f} ms outside them")
@@ -144,54 +135,58 @@ def diagnose(results, peaks=None) -> list[str]:
         th = {f: r for f, r in m["a"].get("threads", {}).items() if "ms" in r}
         if "" in th and len(th) > 1:
             f, r = min(((f, r) for f, r in th.items() if f), key=lambda fr: fr[1]["ms"])
-            out.append(f"(a) One model on every core: the best flag, `{f}`, takes {r['ms'] / th['']['ms']:.2f}x the "
-                       f"default's time per step, keeping {r['cores']:.2f} cores busy (default {th['']['cores']:.2f}).")
+            out.append(f"(a) One model on every core: the best flag, `{f}`, takes {r['ms'] / th['']['ms']:.2f}x "
+                       f"the default's time per step, keeping {r['cores']:.2f} cores busy (default "
+                       f"{th['']['cores']:.2f}).")
     for w in "bcd":
         if w in m:
-            parts = [f"{k} {work:.1f} = {comp or 0:.1f} + {work - (comp or 0):.1f}"
-                     + (f" on {m[w]['devices'][k]} devices" if k.startswith("jaxscratch") else "")
-                     for k, work, comp in ((k, m[w]["work_s"][k], m[w]["compile_s"][k]) for k in m[w]["work_s"])]
+            work, comp = m[w]["work_s"], {k: c or 0 for k, c in m[w]["compile_s"].items()}
+            parts = [f"{k} {work[k]:.1f} = {comp[k]:.1f} + {work[k] - comp[k]:.1f}"
+                     + (f" on {m[w]['devices'][k]} devices" if k.startswith("jaxscratch") else "") for k in work]
             out.append(f"({w}) Work = compile + the rest, s: " + "; ".join(parts) + ".")
-            if m[w].get("flops") and peaks:
-                rates = [f"{k} {f / 1e9 / max(m[w]['work_s'][k] - (m[w]['compile_s'][k] or 0), 1e-9):.0f}"
-                         for k, f in m[w]["flops"].items()]
+            if m[w].get("flops"):
+                rates = [f"{k} {f / 1e9 / max(work[k] - comp[k], 1e-9):.0f}" for k, f in m[w]["flops"].items()]
                 out.append(f"({w}) Matmul GFLOP/s while running (work - compile; the matmul peak is "
                            f"{peaks['jax']:.0f} at n={peaks['jax_n']}): " + ", ".join(rates) + ".")
-    if "e" in m and "profile" in m["e"]:
+    if "profile" in m.get("e", {}):
         p, o = m["e"]["profile"], m["e"]["phases_optax"]
-        out.append(f"(e) jaxscratch train compiles {p['compile_total']:.1f} s (script {o['compile_total']:.1f} s) and "
-                   f"trains + evaluates {p['fit'] - p['checkpoint_in_fit'] - p['compile_in_fit']:.1f} s besides "
+        out.append(f"(e) jaxscratch train compiles {p['compile_total']:.1f} s (script {o['compile_total']:.1f} s) "
+                   f"and trains + evaluates {p['fit'] - p['checkpoint_in_fit'] - p['compile_in_fit']:.1f} s besides "
                    f"(script {o['train'] + o['evaluate'] - o['compile_in_loop']:.1f} s).")
-    if "e" in m and "fit_programs" in m["e"]:
+    if "fit_programs" in m.get("e", {}):
         out.append("(e) Compilation inside fit, largest programs: "
                    + ", ".join(f"{k} {v:.2f} s" for k, v in list(m["e"]["fit_programs"].items())[:4]) + ".")
     return out
 
 
-def devices_seen(results, jaxscratch=True) -> str:
-    """The JAX device counts that the (non-)jaxscratch children reported."""
-    seen = {d for r in results.values() for k, d in r["metrics"].get("devices", {}).items()
-            if d and k.startswith("jaxscratch") == jaxscratch}
-    return ", ".join(map(str, sorted(seen))) or "n/a"
+def goals_lines(m, goals, peaks) -> list[str]:
+    """The goals' table and where the time goes, as printed and as in RESULTS.md."""
+    return (["## Goals (issue 12)", "", "Ratios of work time measured side by side in this run, cold processes.", ""]
+            + common.table(["goal", "verdict", "measured"], assess(m, goals), "<<<")
+            + ["", "Where the time goes:", ""] + [f"- {d}" for d in diagnose(m, peaks)])
 
 
 def markdown(info, cfg, mode, peaks, results, goals, wall, data_name) -> str:
-    lines = ["# Benchmark results" + (" on a GPU" if cfg["gpu"] else ""), "",
-             f"Written by `python benchmarks/bench.py{mode}` ({'quick mode: shrunken workloads, not reference numbers' if cfg['quick'] else 'full sizes'}); "
-             f"the run took {wall / 60:.1f} min. What is measured: [README.md](README.md).", "", "## Machine", ""]
+    m = {k: r["metrics"] for k, r in results.items()}
+
+    def devices_seen(jaxscratch):  # the JAX device counts that the (non-)jaxscratch children reported
+        seen = {d for w in m.values() for k, d in w.get("devices", {}).items()
+                if d and k.startswith("jaxscratch") == jaxscratch}
+        return ", ".join(map(str, sorted(seen))) or "n/a"
+    numpy_peak = f", NumPy {peaks['numpy']:.1f} GFLOP/s (n={peaks['numpy_n']})" if peaks["numpy_n"] else ""
     rows = [["CPU", f"{info['cpu']} ({info['cores']} cores, {info['affinity']} usable)"], ["memory", info["memory"]],
             ["JAX device", f"{info['device']} ({info['device_kind']}, {info['platform']})"],
-            ["JAX devices", f"jaxscratch's children (jaxscratch.devices.use_cpu_cores): {devices_seen(results)}; the "
-                            f"optax peers' children: {devices_seen(results, False)}; this process (a): {info['devices']}"],
-            ["versions", f"Python {info['python']}, JAX {info['jax']}, jaxlib {info['jaxlib']}, NumPy {info['numpy']} "
-                         f"({info['blas']}), optax {info['optax']}"],
+            ["JAX devices", f"jaxscratch's children (jaxscratch.devices.use_cpu_cores): {devices_seen(True)}; "
+                            f"the optax peers' children: {devices_seen(False)}; this process (a): {info['devices']}"],
+            ["versions", f"Python {info['python']}, JAX {info['jax']}, jaxlib {info['jaxlib']}, NumPy "
+                         f"{info['numpy']} ({info['blas']}), optax {info['optax']}"],
             ["data", data_name], ["date", info["date"]], ["load average before the run", info["load_before"]],
-            ["matmul peak (float32)", f"JAX {peaks['jax']:.1f} GFLOP/s (n={peaks['jax_n']})"
-                                      + (f", NumPy {peaks['numpy']:.1f} GFLOP/s (n={peaks['numpy_n']})" if peaks['numpy_n'] else "")]]
-    lines += common.table(["", ""], rows, ["<", "<"]) + ["", "## Goals (issue 12)", "",
-                                                         "Ratios of work time measured side by side in this run, cold processes.", ""]
-    lines += common.table(["goal", "verdict", "measured"], goals, ["<", "<", "<"])
-    lines += ["", "Where the time goes:", ""] + [f"- {d}" for d in diagnose(results, peaks)]
+            ["matmul peak (float32)", f"JAX {peaks['jax']:.1f} GFLOP/s (n={peaks['jax_n']}){numpy_peak}"]]
+    kind = "quick mode: shrunken workloads, not reference numbers" if cfg["quick"] else "full sizes"
+    lines = ["# Benchmark results" + (" on a GPU" if cfg["gpu"] else ""), "",
+             f"Written by `python benchmarks/bench.py{mode}` ({kind}); the run took {wall / 60:.1f} min. What is "
+             "measured: [README.md](README.md).", "", "## Machine", ""]
+    lines += common.table(["", ""], rows, "<<") + [""] + goals_lines(m, goals, peaks)
     for sec in results.values():
         lines += ["", f"## {sec['title']}", ""] + sec["lines"]
     return "\n".join(lines + ["", f"Settings: {', '.join(f'{k}={v}' for k, v in cfg.items())}.", ""])
@@ -221,9 +216,9 @@ def main(argv=None):
     p.add_argument("--only", default=None, help="workloads among a,b,c,d,e (default: all; --gpu: a,b,c)")
     p.add_argument("--repeats", type=int, help="timed runs per implementation in (a) (full: 5)")
     p.add_argument("--e2e-repeats", type=int, help="fresh-process runs per implementation in (b), (d) (full: 2)")
-    p.add_argument("--search-repeats", type=int, help="runs per implementation in (c) (full: 1)")
-    p.add_argument("--train-repeats", type=int, help="runs per process in (e) (full: 3)")
-    p.add_argument("--train-epochs", type=int, help="epochs of the train process in (e) (full: 10)")
+    p.add_argument("--search-repeats", type=int, dest="c_repeats", help="runs per implementation in (c) (full: 1)")
+    p.add_argument("--train-repeats", type=int, dest="e_repeats", help="runs per process in (e) (full: 3)")
+    p.add_argument("--train-epochs", type=int, dest="e_epochs", help="epochs of the train process in (e) (full: 10)")
     p.add_argument("--threads", action="store_true", help="run (a)'s XLA_FLAGS threading variants in quick mode too")
     p.add_argument("--out", help="results file (default: RESULTS.md, or RESULTS-gpu.md with --gpu; none with --quick)")
     p.add_argument("--keep-inputs", metavar="DIR", help="write the shared inputs and runs' outputs to DIR, kept")
@@ -231,16 +226,17 @@ def main(argv=None):
                    help="first wait up to S seconds for other processes to use < 10%% of the CPU")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick, gpu=args.gpu)
-    for flag, key in (("repeats", "repeats"), ("e2e_repeats", "e2e_repeats"), ("search_repeats", "c_repeats"),
-                      ("train_repeats", "e_repeats"), ("train_epochs", "e_epochs")):
-        cfg[key] = cfg[key] if getattr(args, flag) is None else getattr(args, flag)
+    cfg.update({k: getattr(args, k) for k in ("repeats", "e2e_repeats", "c_repeats", "e_repeats", "e_epochs")
+                if getattr(args, k) is not None})
     cfg["a_threads"] = (cfg["a_threads"] or args.threads) and not args.gpu
     if args.gpu:
         cfg["e2e_repeats"] = 1
-    only = (args.only or ("a,b,c" if args.gpu else "a,b,c,d,e")).replace(" ", "").split(",")
-    if set(only) - set("abcde") or (args.gpu and set(only) - set("abc")):
-        p.error(f"--only takes workloads among {'a,b,c' if args.gpu else 'a,b,c,d,e'}; got {args.only}")
-    out_path = args.out or (None if args.quick else common.HERE + ("/RESULTS-gpu.md" if args.gpu else "/RESULTS.md"))
+    allowed = "a,b,c" if args.gpu else "a,b,c,d,e"
+    only = (args.only or allowed).replace(" ", "").split(",")
+    if set(only) - set(allowed.split(",")):
+        p.error(f"--only takes workloads among {allowed}; got {args.only}")
+    out_path = args.out or (None if args.quick else os.path.join(common.HERE, "RESULTS-gpu.md" if args.gpu
+                                                                 else "RESULTS.md"))
     mode = "".join(f" --{k}" for k in ("quick", "gpu") if getattr(args, k))
     if args.wait_quiet:
         waited = common.wait_quiet(args.wait_quiet)
@@ -255,18 +251,20 @@ def main(argv=None):
     import e_train
     info = common.machine_info(jax)
     if info["platform"] != "cpu" and not args.quick:
-        cfg["peak_sizes"] = GPU_PEAK_SIZES
-    print(f"machine: {info['cpu']}, {info['cores']} cores; JAX {info['jax']} on {info['device']} ({info['device_kind']}); "
-          f"NumPy {info['numpy']} ({info['blas']}); optax {info['optax']}; {info['date']}", flush=True)
+        cfg["peak_sizes"] = (4096, 8192)
+    print(f"machine: {info['cpu']}, {info['cores']} cores; JAX {info['jax']} on {info['device']} "
+          f"({info['device_kind']}); NumPy {info['numpy']} ({info['blas']}); optax {info['optax']}; {info['date']}",
+          flush=True)
     ds, data_name = load_data(args.gpu)
     peaks = a_step.matmul_peaks(cfg["peak_sizes"], with_numpy=not args.gpu)
     log = lambda msg: print(msg, flush=True)
     runners = {"a": lambda tmp: a_step.step(ds, cfg, peaks), "b": lambda tmp: b_compare.compare(ds, cfg, tmp, log),
-               "c": lambda tmp: c_search.search(ds, cfg, tmp, log), "d": lambda tmp: d_bngrid.bngrid(ds, cfg, tmp, log),
+               "c": lambda tmp: c_search.search(ds, cfg, tmp, log),
+               "d": lambda tmp: d_bngrid.bngrid(ds, cfg, tmp, log),
                "e": lambda tmp: e_train.train_process(ds, cfg, tmp, log)}
     results = {}
-    keep = contextlib.nullcontext(args.keep_inputs) if args.keep_inputs else None
-    with keep or tempfile.TemporaryDirectory(prefix="jaxscratch-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="jaxscratch-bench-") as scratch:
+        tmp = args.keep_inputs or scratch
         os.makedirs(tmp, exist_ok=True)
         for w in [w for w in "abcde" if w in only]:
             t = time.perf_counter()
@@ -275,13 +273,13 @@ def main(argv=None):
                 sec = runners[w](tmp)
             sec["metrics"]["contention"] = busy.fraction
             if busy.fraction is not None:
-                sec["lines"] += ["", f"Other processes used {100 * busy.fraction:.0f}% of the machine's CPU time while this "
-                                     f"workload ran{' (a noisy measurement)' if busy.fraction > 0.1 else ''}."]
+                noisy = " (a noisy measurement)" if busy.fraction > 0.1 else ""
+                sec["lines"] += ["", f"Other processes used {100 * busy.fraction:.0f}% of the machine's CPU time "
+                                     f"while this workload ran{noisy}."]
             results[w] = sec
             print(f"\n## {sec['title']}  [{time.perf_counter() - t:.0f} s]\n\n" + "\n".join(sec["lines"]), flush=True)
-    goals = assess(results, GPU_GOALS if args.gpu else GOALS)
-    print("\n## Goals (issue 12)\n\n" + "\n".join(common.table(["goal", "verdict", "measured"], goals, ["<", "<", "<"])))
-    print("\nWhere the time goes:\n" + "\n".join(f"- {d}" for d in diagnose(results, peaks)))
+    goals = GPU_GOALS if args.gpu else GOALS
+    print("\n" + "\n".join(goals_lines({k: r["metrics"] for k, r in results.items()}, goals, peaks)))
     wall = time.perf_counter() - start
     print(f"\ntotal {wall / 60:.1f} min")
     if out_path:

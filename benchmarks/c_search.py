@@ -9,12 +9,9 @@ draws epoch ``e``'s permutation from ``fold_in(fold_in(fold_in(key, i), 0), e)``
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from b_compare import params_from, save_params
-from common import WORK_NOTE, epoch_flops, metrics_of, process_table, run_children, section
+from common import e2e_section, epoch_flops, params_from, process_table, run_children, save_params
 
 IMPLS = ["jaxscratch-search", "jaxscratch-halving", "optax-serial", "numpy-serial", "numpy-halving"]
 GPU_IMPLS = ["jaxscratch-search", "optax-serial"]
@@ -28,13 +25,12 @@ def _jaxscratch(halving):
         import jax
         from jaxscratch import sweep
         spec = sweep.Spec(sizes=SIZES, optimizer="sgd", batch_size=100)
-        key, n = jax.random.wrap_key_data(p["key"]), len(p["lrs"])
+        key, n, sets = jax.random.wrap_key_data(p["key"]), len(p["lrs"]), ((p["xt"], p["yt"]), (p["xv"], p["yv"]))
         if not halving:  # all trials vmapped at once on an accelerator, in groups per CPU core on a CPU
-            trials, rows = sweep.random_search(key, spec, RANGES, (p["xt"], p["yt"]), (p["xv"], p["yv"]), n_trials=n,
-                                               epochs=int(p["epochs"]))
+            trials, _ = sweep.random_search(key, spec, RANGES, *sets, n_trials=n, epochs=int(p["epochs"]))
             return dict(_ranked(trials.history["val_acc"][:, -1]), lrs=np.asarray(trials.hparams["learning_rate"]))
-        _, rows, summary = sweep.successive_halving(key, spec, RANGES, (p["xt"], p["yt"]), (p["xv"], p["yv"]), n_trials=n,
-                                                    max_epochs=int(p["epochs"]), min_epochs=int(p["min_epochs"]), eta=3)
+        _, rows, summary = sweep.successive_halving(key, spec, RANGES, *sets, n_trials=n, max_epochs=int(p["epochs"]),
+                                                    min_epochs=int(p["min_epochs"]), eta=3)
         return {"winner": int(rows[0]["seed"]), "winner_val_acc": float(rows[0]["val_acc"]),
                 "epochs_trained": summary["epochs_trained"]}
     return run
@@ -49,8 +45,9 @@ def _optax_serial(p):
     xt, yt, xv, yv = (jnp.asarray(p[k]) for k in ("xt", "yt", "xv", "yv"))
     evals = {"train": (xt, yt), "val": (xv, yv)}
     results = [optax_peer.train_trial(params_from(p, "p", i), jnp.float32(p["lrs"][i]), jnp.float32(p["wds"][i]),
-                                      jax.random.fold_in(key, i), xt, yt, evals, epochs=int(p["epochs"]), batch_size=100,
-                                      replace=False)[1] for i in range(len(p["lrs"]))]  # dispatched asynchronously
+                                      jax.random.fold_in(key, i), xt, yt, evals, epochs=int(p["epochs"]),
+                                      batch_size=100, replace=False)[1]
+               for i in range(len(p["lrs"]))]  # dispatched asynchronously
     return _ranked(np.asarray([r["val"][-1] for r in jax.device_get(results)]))
 
 
@@ -117,8 +114,7 @@ def search(ds, cfg, tmp, log) -> dict:
             "batches": epoch_batches(keys, len(xt), 100, E, False), "min_epochs": cfg["c_min_epochs"],
             "key": np.asarray(jax.random.key_data(key))}
     save_params("p", [nn.init_mlp(keys[i], SIZES) for i in range(T)], prep)
-    np.savez(path := os.path.join(tmp, "search.npz"), **prep)
-    best, works, failed = run_children("c_search", GPU_IMPLS if cfg["gpu"] else IMPLS, path, cfg["c_repeats"], log)
+    best, works, failed = run_children("c_search", GPU_IMPLS if cfg["gpu"] else IMPLS, prep, tmp, cfg["c_repeats"], log)
     lines = [f"{T} trials, {E} epochs; halving: min {cfg['c_min_epochs']} epochs, eta 3 (jaxscratch's schedule, run "
              f"serially in NumPy too). {cfg['c_repeats']} run(s) per implementation.", ""]
     lines += process_table(best, works, failed, "optax-serial", {
@@ -127,12 +123,13 @@ def search(ds, cfg, tmp, log) -> dict:
     if "jaxscratch-search" in best:
         ref = np.asarray(best["jaxscratch-search"]["result"]["final_val_acc"])
         same = np.allclose(best["jaxscratch-search"]["result"]["lrs"], prep["lrs"], rtol=1e-6)
-        agree = "; ".join(f"{k}: max |difference| {np.abs(d).max():.3f}, equal in {np.mean(np.abs(d) < 1e-6):.0%} of trials"
-                          for k in ("optax-serial", "numpy-serial") if k in best
-                          for d in [np.asarray(best[k]["result"]["final_val_acc"]) - ref])
+        diffs = {k: np.asarray(best[k]["result"]["final_val_acc"]) - ref for k in ("optax-serial", "numpy-serial")
+                 if k in best}
+        agree = "; ".join(f"{k}: max |difference| {np.abs(d).max():.3f}, equal in {np.mean(np.abs(d) < 1e-6):.0%} "
+                          "of trials" for k, d in diffs.items())
         lines += ["", f"Equivalence: jaxscratch sampled the peers' hyperparameters: {same}. Final validation accuracy "
                       f"per trial against jaxscratch's: {agree or 'no peer ran'}."]
     per_epoch = epoch_flops(SIZES, 100, len(xt) // 100, len(xt) + len(xv))  # train and validation accuracy
     flops = {k: per_epoch * r["result"].get("epochs_trained", T * E) for k, r in best.items()}
-    metrics = dict(metrics_of(best, flops), winner_val_acc={k: v["result"]["winner_val_acc"] for k, v in best.items()})
-    return section("(c) Hyperparameter search and successive halving, end to end", lines + ["", WORK_NOTE], metrics)
+    return e2e_section("(c) Hyperparameter search and successive halving, end to end", lines, best, flops,
+                       winner_val_acc={k: v["result"]["winner_val_acc"] for k, v in best.items()})

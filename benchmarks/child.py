@@ -1,13 +1,12 @@
-"""One implementation of one workload in a fresh interpreter (started by the workload modules).
+"""One implementation of one workload in a fresh interpreter (started by common.run_child).
 
     python benchmarks/child.py MODULE IMPL PREP.npz REPORT.json
 
-MODULE is a workload module (b_compare, c_search, d_bngrid, e_train) whose ``RUN[IMPL](prep)``
-does the work; PREP.npz holds the inputs every implementation shares. The implementation's
-libraries are imported first, as a user's script does: jaxscratch's children then call
-``jaxscratch.devices.use_cpu_cores()`` (one JAX device per CPU core; before anything starts JAX's
-backends, as the examples do); the peers keep JAX's single default device; NumPy's never import
-JAX. "work" is timed from PREP loaded into NumPy arrays to the results on the host.
+``MODULE.RUN[IMPL](prep)`` does the work; PREP.npz holds the inputs every implementation shares.
+The implementation's libraries are imported first, as a user's script does: jaxscratch's children
+then call ``jaxscratch.devices.use_cpu_cores()`` (one JAX device per core, before anything starts
+JAX's backends, as the examples do); the peers keep JAX's single default device; NumPy's never
+import JAX. "work" is timed from PREP loaded into NumPy arrays to the results on the host.
 """
 import importlib
 import json
@@ -29,8 +28,8 @@ def main(module, impl, prep_path, report_path):
             import jaxscratch
             jaxscratch.devices.use_cpu_cores()
         else:
-            for name in ("optax", "optax_peer"):
-                importlib.import_module(name)
+            import optax  # noqa: F401 (imported before the work, as a user's script does)
+            import optax_peer  # noqa: F401
         clock = common.CompileClock()
     import numpy as np
     mod = importlib.import_module(module)
@@ -41,9 +40,8 @@ def main(module, impl, prep_path, report_path):
     result = mod.RUN[impl](prep)
     work = time.perf_counter() - start
     jax = sys.modules.get("jax")
-    report = {"work_s": work, "imports_s": imports_s, "result": result, "jax_loaded": jax is not None,
-              "compile_s": clock and clock.total, "programs": clock.largest() if clock else {},
-              "devices": jax.device_count() if jax else None}
+    report = {"work_s": work, "imports_s": imports_s, "result": result, "compile_s": clock and clock.total,
+              "programs": clock.largest() if clock else {}, "devices": jax.device_count() if jax else None}
     with open(report_path, "w") as f:
         json.dump(report, f, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 

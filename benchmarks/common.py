@@ -1,5 +1,6 @@
-"""Shared pieces: FLOP counts, timers, compile clocks, fresh-process runs, the contention check,
-machine facts, tables. Importing it imports NumPy only (the NumPy peer's children never load JAX).
+"""Shared pieces: FLOP counts, timers, compile clocks, parameter files, fresh-process runs, the
+contention check, machine facts, tables. Importing it imports NumPy only (the NumPy peer's children
+never load JAX).
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")
+WORK_NOTE = ("'work': timed inside a fresh process from its inputs as NumPy arrays in memory to results on the "
+             "host (transfers, tracing, compiling included; interpreter start, imports and input loading "
+             "excluded); 'compile': JAX's compile events within it, summed (programs compiling while others run "
+             "overlap, so 'work - compile' is a lower bound on running); 'process': the child's whole wall time.")
 
 
 def mlp_flops(sizes, batch: int) -> dict:
@@ -68,6 +73,26 @@ class CompileClock:
         return dict(sorted(self.programs.items(), key=lambda kv: -kv[1])[:n])
 
 
+# ----------------------------------------------------------------- parameters in the inputs' .npz
+def save_params(prefix, params_list, out: dict) -> None:
+    """Parameter lists (one per trial) stacked as ``{prefix}{layer}_{name}`` arrays (T, ...)."""
+    for i, layer in enumerate(params_list[0]):
+        for name in layer:
+            out[f"{prefix}{i}_{name}"] = np.stack([np.asarray(p[i][name]) for p in params_list])
+
+
+def params_from(p, prefix, index, scale=None) -> list[dict]:
+    """Trial ``index``'s parameter list from the ``{prefix}{layer}_{name}`` arrays (weights ``* scale``)."""
+    layers = []
+    while f"{prefix}{len(layers)}_w" in p:
+        i = len(layers)
+        layer = {n: p[f"{prefix}{i}_{n}"][index] for n in ("w", "b", "gamma", "beta") if f"{prefix}{i}_{n}" in p}
+        if scale is not None:
+            layer["w"] = layer["w"] * np.float32(scale)
+        layers.append(layer)
+    return layers
+
+
 # ----------------------------------------------------------------- fresh processes
 # A tiny launcher forks each measured process, so that its ru_maxrss is its own (a child forked from
 # the benchmark itself would inherit the benchmark's ~1 GiB high-water mark).
@@ -86,13 +111,14 @@ json.dump({"wall_s": time.perf_counter() - start, "maxrss_kib": usage.ru_maxrss,
 """
 
 
-def run_process(argv, *, env=None) -> dict:
-    """``argv`` in a fresh process (cwd: the repository): wall time, own peak RSS, stdout, stderr."""
+def run_process(argv, **env) -> dict:
+    """``argv`` in a fresh process (cwd: the repository), cold (``JAXSCRATCH_COMPILE_CACHE=off`` unless
+    ``env`` says otherwise): wall time, own peak RSS, stdout, stderr."""
     with tempfile.TemporaryDirectory(prefix="bench-") as d:
         out, err, report = (os.path.join(d, n) for n in ("out", "err", "report.json"))
         with open(out, "wb") as fo, open(err, "wb") as fe:
             subprocess.run([sys.executable, "-c", _LAUNCHER, report, *map(str, argv)], stdout=fo, stderr=fe,
-                           env=env, cwd=ROOT)
+                           env={**os.environ, "JAXSCRATCH_COMPILE_CACHE": "off", **env}, cwd=ROOT)
         stdout, stderr = (open(p, errors="replace").read() for p in (out, err))
         r = json.load(open(report)) if os.path.exists(report) else {"rc": "?"}
     if r["rc"] != 0:
@@ -101,44 +127,47 @@ def run_process(argv, *, env=None) -> dict:
     return {"wall_s": r["wall_s"], "maxrss_mib": r["maxrss_kib"] / 1024, "stdout": stdout, "stderr": stderr}
 
 
-def child_env(**extra) -> dict:
-    """The environment of every measured process: cold (no compiled programs on disk)."""
-    return {**os.environ, "JAXSCRATCH_COMPILE_CACHE": "off", **extra}
-
-
 def run_child(module: str, impl: str, prep_path: str) -> dict:
     """``child.py MODULE IMPL PREP`` in a fresh interpreter: its JSON report, process wall and RSS."""
     with tempfile.TemporaryDirectory(prefix="bench-") as d:
         path = os.path.join(d, "report.json")
-        r = run_process([sys.executable, os.path.join(HERE, "child.py"), module, impl, prep_path, path], env=child_env())
+        r = run_process([sys.executable, os.path.join(HERE, "child.py"), module, impl, prep_path, path])
         report = json.load(open(path))
     return dict(report, process_s=r["wall_s"], maxrss_mib=r["maxrss_mib"])
 
 
-def run_children(module, impls, prep_path, repeats, log):
-    """Every implementation ``repeats`` times, interleaved, each run repeated while the machine is busy.
-    Returns ``best`` (name -> report of its fastest run, peak RSS the largest of its runs), ``works``
-    (name -> every work time) and ``failed`` (name -> error; a crashed implementation is not rerun)."""
-    best, works, failed = {}, {k: [] for k in impls}, {}
+def best_runs(names, repeats, run, log, tag, key, describe) -> tuple[dict, dict, dict]:
+    """``run(name)`` for every name ``repeats`` times, interleaved, each run repeated while the machine is
+    busy. Returns ``best`` (name -> report of its fastest run by ``key``, peak RSS the largest of its
+    runs), ``times`` (name -> every run's ``key``) and ``failed`` (name -> error; not rerun)."""
+    best, times, failed = {}, {k: [] for k in names}, {}
     for r in range(repeats):
-        for impl in impls:
-            if impl in failed:
+        for name in names:
+            if name in failed:
                 continue
             try:
-                rep, busy = run_quietly(lambda: run_child(module, impl, prep_path), log)
+                rep = run_quietly(lambda: run(name), log)[0]
             except RuntimeError as err:
-                failed[impl] = str(err).splitlines()[0][:400]
-                log(f"  [{module}] {impl:20s} FAILED: {failed[impl]}")
+                failed[name] = str(err).splitlines()[0][:400]
+                log(f"  [{tag}] {name:24s} FAILED: {failed[name]}")
                 continue
-            works[impl].append(rep["work_s"])
-            log(f"  [{module}] {impl:20s} run {r + 1}/{repeats}: work {rep['work_s']:.2f}s (compile "
-                f"{fmt_s(rep['compile_s'])}s) process {rep['process_s']:.2f}s rss {rep['maxrss_mib']:.0f} MiB"
-                f"{'' if rep.get('devices') is None else ' devices ' + str(rep['devices'])}")
-            rss = max(rep["maxrss_mib"], best[impl]["maxrss_mib"]) if impl in best else rep["maxrss_mib"]
-            if impl not in best or rep["work_s"] < best[impl]["work_s"]:
-                best[impl] = rep
-            best[impl]["maxrss_mib"] = rss
-    return {k: best[k] for k in impls if k in best}, works, failed
+            times[name].append(rep[key])
+            log(f"  [{tag}] {name:24s} run {r + 1}/{repeats}: {describe(rep)}")
+            rss = max(rep["maxrss_mib"], best.get(name, rep)["maxrss_mib"])
+            if name not in best or rep[key] < best[name][key]:
+                best[name] = rep
+            best[name]["maxrss_mib"] = rss
+    return {k: best[k] for k in names if k in best}, times, failed
+
+
+def run_children(module, impls, prep, tmp, repeats, log):
+    """``prep`` saved to ``tmp``, then every implementation's ``module.RUN[impl]`` in fresh processes
+    (child.py), ``repeats`` times interleaved: ``best_runs``'s (best, works, failed)."""
+    np.savez(path := os.path.join(tmp, f"{module}.npz"), **prep)
+    describe = lambda rep: (f"work {rep['work_s']:.2f}s (compile {fmt_s(rep['compile_s'])}s) process "
+                            f"{rep['process_s']:.2f}s rss {rep['maxrss_mib']:.0f} MiB"
+                            + ("" if rep.get("devices") is None else f" devices {rep['devices']}"))
+    return best_runs(impls, repeats, lambda impl: run_child(module, impl, path), log, module, "work_s", describe)
 
 
 # ----------------------------------------------------------------- the contention check
@@ -192,13 +221,16 @@ def wait_quiet(limit_s: float, threshold=0.1, window_s=5.0) -> tuple[float, floa
             return time.perf_counter() - start, c.fraction or 0.0
 
 
-# ----------------------------------------------------------------- machine, tables
+# ----------------------------------------------------------------- machine, tables, sections
 def machine_info(jax) -> dict:
     import jaxlib
     import optax
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    mem = f"{int(open('/proc/meminfo').readline().split()[1]) / 2**20:.0f} GiB" if os.path.exists("/proc/meminfo") else "?"
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
+    mem = "?"
+    if os.path.exists("/proc/meminfo"):
+        mem = f"{int(open('/proc/meminfo').readline().split()[1]) / 2**20:.0f} GiB"
     try:
         blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     except TypeError:  # NumPy 1
@@ -207,28 +239,31 @@ def machine_info(jax) -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "memory": mem,
             "python": platform.python_version(), "numpy": np.__version__, "optax": optax.__version__,
             "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(), "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__, "device": str(dev), "devices": jax.device_count(), "device_kind": dev.device_kind,
-            "platform": jax.default_backend(), "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "jaxlib": jaxlib.__version__, "device": str(dev), "devices": jax.device_count(),
+            "device_kind": dev.device_kind, "platform": jax.default_backend(),
+            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg())}
 
 
 def table(headers, rows, align=None) -> list[str]:
-    """Markdown table lines, padded so that they read as plain text too (first column left-aligned)."""
+    """Markdown table lines, padded so that they read as plain text too; ``align``: "<" or ">" per
+    column (default: the first left, the others right)."""
     rows = [[str(c) for c in r] for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    align = align or ["<"] + [">"] * (len(headers) - 1)
+    align = align or "<" + ">" * (len(headers) - 1)
     line = lambda cells: "| " + " | ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)) + " |"
-    sep = "|" + "|".join((":" if a == "<" else "-") + "-" * w + (":" if a == ">" else "-") for a, w in zip(align, widths)) + "|"
-    return [line(headers), sep] + [line(r) for r in rows]
+    sep = "|".join((":" if a == "<" else "-") + "-" * w + (":" if a == ">" else "-") for a, w in zip(align, widths))
+    return [line(headers), f"|{sep}|"] + [line(r) for r in rows]
 
 
 def process_table(best, works, failed, ref, extra=None) -> list[str]:
-    """The table of fresh-process runs (work, compile, run, process, RSS, devices, vs ``ref``) and
-    the largest compiled programs."""
+    """The table of fresh-process runs (work, compile, run, process, RSS, devices, vs ``ref``, then the
+    ``extra`` columns: header -> fn(report)) and the largest compiled programs."""
     extra = extra or {}
     rows = [[name, f"{r['work_s']:.2f}", " ".join(f"{w:.1f}" for w in works[name]), fmt_s(r["compile_s"]),
-             f"{max(0.0, r['work_s'] - (r['compile_s'] or 0)):.2f}", f"{r['process_s']:.2f}", f"{r['maxrss_mib']:.0f}",
-             r.get("devices") or "-", f"{r['work_s'] / best[ref]['work_s']:.2f}x" if ref in best else "n/a"]
+             f"{max(0.0, r['work_s'] - (r['compile_s'] or 0)):.2f}", f"{r['process_s']:.2f}",
+             f"{r['maxrss_mib']:.0f}", r.get("devices") or "-",
+             f"{r['work_s'] / best[ref]['work_s']:.2f}x" if ref in best else "n/a"]
             + [f(r) for f in extra.values()] for name, r in best.items()]
     lines = table(["implementation", "work s", "all runs s", "compile s", "work - compile s", "process s",
                    "peak RSS MiB", "JAX devices", f"vs {ref}", *extra], rows)
@@ -238,20 +273,17 @@ def process_table(best, works, failed, ref, extra=None) -> list[str]:
         for name, r in best.items() if r.get("programs"))]
 
 
-WORK_NOTE = ("'work': timed inside a fresh process from its inputs as NumPy arrays in memory to results on the host "
-             "(transfers, tracing, compiling included; interpreter start, imports and input loading excluded); "
-             "'compile': JAX's compile events within it, summed (programs compiling while others run overlap, so "
-             "'work - compile' is a lower bound on running); 'process': the child's whole wall time.")
-
-
-def metrics_of(best, flops=None) -> dict:
-    """The runs' work, compile and devices; ``flops``: impl -> the matmul FLOPs of its work."""
-    return {"work_s": {k: v["work_s"] for k, v in best.items()}, "compile_s": {k: v["compile_s"] for k, v in best.items()},
-            "devices": {k: v.get("devices") for k, v in best.items()}, "flops": flops or {}}
-
-
 def section(title, lines, metrics) -> dict:
     return {"title": title, "lines": lines, "metrics": metrics}
+
+
+def e2e_section(title, lines, best, flops, **metrics) -> dict:
+    """A section of fresh-process runs: ``lines`` then WORK_NOTE; the metrics the goals read (work,
+    compile and devices per implementation; ``flops``: impl -> the matmul FLOPs of its work)."""
+    metrics.update(work_s={k: v["work_s"] for k, v in best.items()}, flops=flops,
+                   compile_s={k: v["compile_s"] for k, v in best.items()},
+                   devices={k: v.get("devices") for k, v in best.items()})
+    return section(title, lines + ["", WORK_NOTE], metrics)
 
 
 def fmt_s(seconds) -> str:

@@ -9,13 +9,10 @@ logspace(0, -4, 16), train accuracy after every epoch. The same unit-normal init
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from b_compare import params_from, save_params
 from c_search import epoch_batches
-from common import WORK_NOTE, epoch_flops, metrics_of, process_table, run_children, section
+from common import e2e_section, epoch_flops, params_from, process_table, run_children, save_params
 
 IMPLS = ["jaxscratch", "optax-serial", "numpy-serial"]
 SIZES = (784,) + (100,) * 5 + (10,)
@@ -25,12 +22,12 @@ SIZES = (784,) + (100,) * 5 + (10,)
 def _jaxscratch(p):  # as examples/batchnorm_grid.py
     import jax
     from jaxscratch import sweep
-    out, n = {}, len(p["scales"])
+    out, hparams = {}, {"learning_rate": [float(p["lr"])] * len(p["scales"]), "init_scale": p["scales"]}
     for variant in ("bn", "plain"):
-        spec = sweep.Spec(sizes=SIZES, optimizer="sgd", batchnorm=variant == "bn", batch_size=100, sampling="replacement")
-        trials = sweep.run_trials(jax.random.wrap_key_data(p["key"]), spec, {"learning_rate": [float(p["lr"])] * n,
-                                                                            "init_scale": p["scales"]},
-                                  (p["x"], p["y"]), epochs=int(p["epochs"]))
+        spec = sweep.Spec(sizes=SIZES, optimizer="sgd", batchnorm=variant == "bn", batch_size=100,
+                          sampling="replacement")
+        trials = sweep.run_trials(jax.random.wrap_key_data(p["key"]), spec, hparams, (p["x"], p["y"]),
+                                  epochs=int(p["epochs"]))
         out[variant] = trials.history["train_acc"]
     return out
 
@@ -41,13 +38,11 @@ def _optax_serial(p):
     import jax.numpy as jnp
     import optax_peer
     key, x, y = jax.random.wrap_key_data(p["key"]), jnp.asarray(p["x"]), jnp.asarray(p["y"])
-    out = {}
-    for variant in ("bn", "plain"):
-        out[variant] = [optax_peer.train_trial(params_from(p, variant, i, s), jnp.float32(p["lr"]), jnp.float32(0),
-                                               jax.random.fold_in(key, i), x, y, {"train": (x, y)}, epochs=int(p["epochs"]),
-                                               batch_size=100, replace=True, wd=False)[1]["train"]
-                        for i, s in enumerate(p["scales"])]
-    return jax.device_get(out)
+    return jax.device_get({variant: [
+        optax_peer.train_trial(params_from(p, variant, i, s), jnp.float32(p["lr"]), jnp.float32(0),
+                               jax.random.fold_in(key, i), x, y, {"train": (x, y)}, epochs=int(p["epochs"]),
+                               batch_size=100, replace=True, wd=False)[1]["train"]
+        for i, s in enumerate(p["scales"])] for variant in ("bn", "plain")})
 
 
 def _numpy_serial(p):
@@ -73,18 +68,19 @@ def bngrid(ds, cfg, tmp, log) -> dict:
             "key": np.asarray(jax.random.key_data(key)), "batches": epoch_batches(keys, 1000, 100, E, True)}
     for variant in ("bn", "plain"):  # unit-normal weights; every implementation multiplies them by the scale
         save_params(variant, [nn.init_mlp(k, SIZES, weight_init=1.0, batchnorm=variant == "bn") for k in keys], prep)
-    np.savez(path := os.path.join(tmp, "bngrid.npz"), **prep)
-    best, works, failed = run_children("d_bngrid", IMPLS, path, cfg["e2e_repeats"], log)
+    best, works, failed = run_children("d_bngrid", IMPLS, prep, tmp, cfg["e2e_repeats"], log)
     final = {k: {v: np.asarray(r["result"][v])[:, -1] for v in ("bn", "plain")} for k, r in best.items()}
     lines = [f"{len(scales)} weight scales x (BN, plain), {E} epochs; best of {cfg['e2e_repeats']} run(s) per "
              "implementation, interleaved.", ""]
-    lines += process_table(best, works, failed, "optax-serial", {"BN wins, mean final acc plain / BN": lambda r: (
-        lambda bn, pl: f"{int(np.sum(bn > pl))}/{len(bn)}, {100 * pl.mean():.1f}% / {100 * bn.mean():.1f}%")(
-        np.asarray(r["result"]["bn"])[:, -1], np.asarray(r["result"]["plain"])[:, -1])})
+
+    def wins(r):
+        bn, pl = np.asarray(r["result"]["bn"])[:, -1], np.asarray(r["result"]["plain"])[:, -1]
+        return f"{int(np.sum(bn > pl))}/{len(bn)}, {100 * pl.mean():.1f}% / {100 * bn.mean():.1f}%"
+    lines += process_table(best, works, failed, "optax-serial", {"BN wins, mean final acc plain / BN": wins})
     if "jaxscratch" in final:
         diffs = ", ".join(f"{k} {max(np.abs(f[v] - final['jaxscratch'][v]).max() for v in f):.3f}"
                           for k, f in final.items() if k != "jaxscratch")
         lines += ["", f"Equivalence: max |final train accuracy difference| from jaxscratch over the grid: {diffs} "
                       "(chaotic runs at the extreme scales may differ by rounding)."]
     flops = 2 * len(scales) * E * epoch_flops(SIZES, 100, 10, 1000)  # + train accuracy; BN's few FLOPs left out
-    return section("(d) Batch-norm grid, end to end", lines + ["", WORK_NOTE], metrics_of(best, {k: flops for k in best}))
+    return e2e_section("(d) Batch-norm grid, end to end", lines, best, {k: flops for k in best})

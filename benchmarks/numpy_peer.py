@@ -30,9 +30,7 @@ class Affine:
     def backward(self, dout, need_dx=True):
         self.dW = self.x.T @ dout                       # (n_in, n_out)
         self.db = dout.sum(axis=0)
-        # The book always computes dx; the first layer's dx feeds nothing, and JAX (which
-        # differentiates only what is needed) skips it, so we skip it too.
-        return dout @ self.W.T if need_dx else None     # (batch, n_in)
+        return dout @ self.W.T if need_dx else None     # (batch, n_in); the first layer's feeds nothing
 
 
 class Relu:
@@ -114,22 +112,20 @@ class MultiLayerNet:
 
     def __init__(self, params, weight_decay=0.0, dtype=F32):
         self.weight_decay = float(weight_decay)
-        self.params = {}
-        self.layers = []
-        last = len(params) - 1
+        self.params, self.layers, self.affines, self.bns = {}, [], [], {}
         for i, layer in enumerate(params):
-            self.params[f"W{i}"] = np.array(layer["w"], dtype)
-            self.params[f"b{i}"] = np.array(layer["b"], dtype)
-            self.layers.append(Affine(self.params[f"W{i}"], self.params[f"b{i}"]))
-            if i == last:
+            for name in ("w", "b", "gamma", "beta"):  # the book's order: W, b, then batch norm's
+                if name in layer:
+                    self.params[f"{'W' if name == 'w' else name}{i}"] = np.array(layer[name], dtype)
+            self.affines.append(Affine(self.params[f"W{i}"], self.params[f"b{i}"]))
+            self.layers.append(self.affines[-1])
+            if i == len(params) - 1:
                 break
             if "gamma" in layer:
-                self.params[f"gamma{i}"] = np.array(layer["gamma"], dtype)
-                self.params[f"beta{i}"] = np.array(layer["beta"], dtype)
-                self.layers.append(BatchNormalization(self.params[f"gamma{i}"], self.params[f"beta{i}"]))
+                self.bns[i] = BatchNormalization(self.params[f"gamma{i}"], self.params[f"beta{i}"])
+                self.layers.append(self.bns[i])
             self.layers.append(Relu())
         self.last_layer = SoftmaxWithLoss()
-        self.n_affine = len(params)
 
     def predict(self, x, train_flg=False):
         for layer in self.layers:
@@ -139,7 +135,7 @@ class MultiLayerNet:
     def loss(self, x, t, train_flg=False):
         loss = self.last_layer.forward(self.predict(x, train_flg), t)
         if self.weight_decay > 0:
-            wd = sum(float(np.sum(self.params[f"W{i}"] ** 2)) for i in range(self.n_affine))
+            wd = sum(float(np.sum(a.W ** 2)) for a in self.affines)
             loss += 0.5 * self.weight_decay * wd
         return loss
 
@@ -147,18 +143,14 @@ class MultiLayerNet:
         """``(loss, grads)``: forward in training mode, then backward through every layer."""
         loss = self.loss(x, t, train_flg=True)
         dout = self.last_layer.backward()
-        for j, layer in enumerate(reversed(self.layers)):
-            dout = layer.backward(dout, need_dx=j < len(self.layers) - 1) if isinstance(layer, Affine) \
-                else layer.backward(dout)
-        grads = {}
-        wd = self.params["W0"].dtype.type(self.weight_decay)
-        for i, layer in enumerate(l for l in self.layers if isinstance(l, Affine)):
-            grads[f"W{i}"] = layer.dW + wd * layer.W if self.weight_decay > 0 else layer.dW
-            grads[f"b{i}"] = layer.db
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, BatchNormalization):
-                k = sum(isinstance(l, Affine) for l in self.layers[:i]) - 1
-                grads[f"gamma{k}"], grads[f"beta{k}"] = layer.dgamma, layer.dbeta
+        for layer in reversed(self.layers[1:]):
+            dout = layer.backward(dout)
+        self.layers[0].backward(dout, need_dx=False)
+        grads, wd = {}, self.params["W0"].dtype.type(self.weight_decay)
+        for i, a in enumerate(self.affines):
+            grads[f"W{i}"], grads[f"b{i}"] = a.dW + wd * a.W if self.weight_decay > 0 else a.dW, a.db
+        for i, bn in self.bns.items():
+            grads[f"gamma{i}"], grads[f"beta{i}"] = bn.dgamma, bn.dbeta
         return loss, grads
 
     def accuracy(self, x, t, chunk=10000):

@@ -87,12 +87,9 @@ def make_step(opt, wd=False):
 
 # ----------------------------------------------------------------- (a), (b): a run of given batches
 def loop_runner(opt):
-    """``run(params, x, y, batches) -> (params, losses)``: a jitted step called once per batch.
-
-    ``batches``: the row indices ``(steps, batch)`` as a NumPy array (the book's style: indices
-    drawn on the host, 512 bytes sent per step; the data stay on the device and are gathered
-    there). Per-step losses stay on the device until one ``device_get`` at the end.
-    """
+    """``run(params, x, y, batches) -> (params, losses)``: a jitted step called once per batch, the
+    row indices ``batches`` ``(steps, batch)`` sent from the host (the book's style); the data stay
+    on the device, gathered there; the losses stay there until one ``device_get`` at the end."""
     step = jax.jit(make_step(opt), donate_argnums=0)
 
     def run(params, x, y, batches):
@@ -104,7 +101,7 @@ def loop_runner(opt):
             losses.append(loss)
         return carry[0], np.asarray(jax.device_get(losses))
 
-    return run, step
+    return run
 
 
 def scan_runner(opt):

@@ -2,17 +2,14 @@
 
     python benchmarks/optax_train_script.py [--epochs 30] [--out runs/optax] [--data-dir DIR] [--jax-cache DIR]
 
-The peer of workload (e) in bench.py, written the way a competent user would, without jaxscratch:
-read the four IDX files, hold out 10% for validation (the same NumPy permutation as
-``jaxscratch.data.train_val_split``), MLP 784-100-100-10 with He init (the same keys as
-``jaxscratch.nn.init_mlp``), Adam 1e-3 (eps 1e-7, jaxscratch's default), batch 100, each epoch a
-fresh permutation of the training set (the same keys as ``jaxscratch.train.fit``) trained in one
-jitted ``lax.scan``; after each epoch the loss and accuracy on train, validation and test, the
-best-validation parameters kept, and a checkpoint (state and best) written with ``np.savez``;
-at the end the best parameters, a JSON of metrics and a PNG of the curves. Keys, split and
-initialisation are the same as jaxscratch's, so the runs agree number for number at first; over
-thousands of Adam steps float rounding drifts them apart by a few tenths of a point at most.
-Prints one line per epoch and, last, a JSON line of its phase timings.
+The peer of workload (e), written the way a competent user would, without jaxscratch: the four IDX
+files read, 10% held out for validation, MLP 784-100-100-10 (He init), Adam 1e-3 (eps 1e-7), batch
+100, each epoch a fresh permutation trained in one jitted ``lax.scan``; after each epoch loss and
+accuracy on train, validation and test, the best-validation parameters kept and a checkpoint
+written (``np.savez``); at the end the best parameters, a JSON of metrics and a PNG of the curves.
+Split, keys and initialisation are jaxscratch's (``train_val_split``, ``init_mlp``, ``fit``), so
+the runs agree number for number at first (float rounding drifts them apart by a few tenths of a
+point over thousands of Adam steps). Prints one line per epoch and, last, its phase timings.
 """
 import argparse
 import gzip
@@ -23,10 +20,10 @@ import time
 
 T0 = time.perf_counter()
 
-import jax  # noqa: E402 (after T0: the measured time includes importing them)
-import jax.numpy as jnp  # noqa: E402 (after T0: the measured time includes importing them)
-import numpy as np  # noqa: E402 (after T0: the measured time includes importing them)
-import optax  # noqa: E402 (after T0: the measured time includes importing them)
+import jax  # noqa: E402 (timed from T0)
+import jax.numpy as jnp  # noqa: E402 (timed from T0)
+import numpy as np  # noqa: E402 (timed from T0)
+import optax  # noqa: E402 (timed from T0)
 
 
 def read_idx(path):
@@ -153,7 +150,8 @@ def main():
               f"val {100 * record['val_acc']:.1f}%  test {100 * record['test_acc']:.1f}%  {t2 - t:.1f}s", flush=True)
 
     t = time.perf_counter()
-    np.savez(os.path.join(args.out, "best.npz"), **{f"p{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(best))})
+    np.savez(os.path.join(args.out, "best.npz"),
+             **{f"p{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(best))})
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump({"test_accuracy": history["test_acc"][-1], "best_val_accuracy": best_acc, "history": history}, f)
     phases["checkpoint"] += time.perf_counter() - t
@@ -173,10 +171,8 @@ def main():
     ax2.set(xlabel="epoch", ylabel="accuracy (%)")
     ax2.legend()
     fig.savefig(os.path.join(args.out, "training.png"), dpi=110, bbox_inches="tight")
-    phases["plot"] = time.perf_counter() - t
-    phases["total_in_process"] = time.perf_counter() - T0
-    phases["compile_in_loop"] = compiling["now"] - compiled_before_loop
-    phases["compile_total"] = compiling["now"]
+    phases.update(plot=time.perf_counter() - t, total_in_process=time.perf_counter() - T0,
+                  compile_in_loop=compiling["now"] - compiled_before_loop, compile_total=compiling["now"])
     print(f"test accuracy {100 * history['test_acc'][-1]:.2f}%  -> {args.out}")
     print("PHASES " + json.dumps(phases))
 
