@@ -385,8 +385,10 @@ def init_trials(key, spec: Spec, hparams: dict, seeds=None, *, devices=None) -> 
     hp, n = _hparams(hparams)
     _check_spec(spec, hp)
     devices = _devices(devices)
-    seeds = np.arange(n, dtype=np.int32) if seeds is None else np.asarray(seeds).astype(np.int32).reshape(-1)
-    seeds = jax.device_put(seeds)  # made on the host: programs compiled for arange and casts took 0.03-0.07 s
+    seeds = np.arange(n, dtype=np.int32) if seeds is None else np.asarray(seeds).reshape(-1)
+    if not np.issubdtype(seeds.dtype, np.integer):
+        raise TypeError(f"seeds must be integers, one per trial; got {seeds.dtype}")
+    seeds = jax.device_put(seeds.astype(np.int32))  # made on the host: compiled arange and casts took 0.03-0.07 s
     if seeds.shape[0] != n:
         raise ValueError(f"seeds must have one entry per trial ({n}); got {seeds.shape[0]}")
     init = _init_program(spec, devices)

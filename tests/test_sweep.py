@@ -142,6 +142,17 @@ def test_bad_sweeps(small, hp, match):
         sweep.run_trials(jax.random.key(0), SPEC, hp, tr, epochs=1, validation=va)
 
 
+@pytest.mark.parametrize("seeds, err, match", [
+    ([1.5, 2.0], TypeError, "seeds must be integers, one per trial; got float64"),
+    ([True, False], TypeError, "seeds must be integers, one per trial; got bool"),
+    ([1, 2, 3], ValueError, r"seeds must have one entry per trial \(2\); got 3"),
+])
+def test_bad_seeds(seeds, err, match):
+    """A float seed was truncated to an int without a word: now refused, as a wrong count is."""
+    with pytest.raises(err, match=match):
+        sweep.init_trials(jax.random.key(0), SPEC, {"learning_rate": [0.1, 0.2]}, seeds=seeds)
+
+
 @pytest.mark.parametrize("n", [0, -1, 2.5, True, "3"])
 def test_searches_refuse_a_bad_trial_count(n):
     """n_trials=0 was an IndexError and -1 an MLIR error: now one ValueError before anything compiles."""
