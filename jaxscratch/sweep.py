@@ -541,7 +541,9 @@ def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *,
 
     Rung ``i`` trains the survivors up to ``min_epochs * eta ** i`` epochs (the last rung to
     ``max_epochs``) and keeps the best ``1 / eta`` by validation accuracy. Samples the same
-    hyperparameters as :func:`random_search` with the same key.
+    hyperparameters as :func:`random_search` with the same key. One compiled program trains every
+    rung; on a CPU its group size (``group_size=None``) is chosen from the rung schedule to pad the
+    rungs' last groups as little as possible (:func:`_halving_group_size`).
 
     Returns:
       ``(final trials, their table, summary)``; the summary counts the epochs trained against the
@@ -552,6 +554,8 @@ def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *,
     if not 1 <= min_epochs <= max_epochs:
         raise ValueError(f"need 1 <= min_epochs <= max_epochs; got {min_epochs} and {max_epochs}")
     hp = _log_uniform(jax.random.fold_in(key, 1), ranges, n_trials)
+    if group_size is None and _devices(devices)[0].platform == "cpu":
+        group_size = _halving_group_size(_rungs(n_trials, max_epochs, min_epochs, eta), len(_devices(devices)))
     trials = init_trials(key, spec, hp, devices=devices)
     done, spent, rungs, budget = 0, 0, [], min_epochs
     while True:
@@ -572,6 +576,33 @@ def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *,
     summary = {"epochs_trained": spent, "epochs_full_search": n_trials * max_epochs,
                "fraction_of_full": spent / (n_trials * max_epochs), "rungs": rungs}
     return trials, table(trials), summary
+
+
+def _rungs(n_trials: int, max_epochs: int, min_epochs: int, eta: int) -> list[tuple[int, int]]:
+    """``(trials, epochs)`` that each rung of :func:`successive_halving` trains, in order."""
+    out, n, done, budget = [], n_trials, 0, min_epochs
+    while True:
+        budget = min(budget, max_epochs)
+        out.append((n, budget - done))
+        done = budget
+        if budget >= max_epochs or n == 1:
+            return out
+        n, budget = max(1, math.ceil(n / eta)), budget * eta
+
+
+def _halving_group_size(rungs: list, n_devices: int) -> int:
+    """The group size for successive halving on CPU devices. One program (one group width) serves
+    every rung, and the last group of a rung is padded: 100 trials and rungs of 34, 12 and 4 in
+    groups of 4 on 2 devices train 1440 trial-epochs for 1220 real ones (groups of 3: 1260). Wider
+    groups run a little more efficiently, so: the widest group, up to :data:`CPU_GROUP_SIZE`, whose
+    padded trial-epochs are within 5% of the fewest. Measured on that search (benchmarks' workload
+    (c), 2 CPU devices, 4 interleaved pairs, compiling excluded): 5.2 s in groups of 3, 5.7 s in
+    groups of 4."""
+    def padded(g):
+        width = g * n_devices
+        return sum(-(-n // width) * width * epochs for n, epochs in rungs)
+    cost = {g: padded(g) for g in range(1, CPU_GROUP_SIZE + 1)}
+    return max(g for g, c in cost.items() if c <= 1.05 * min(cost.values()))
 
 
 # ----------------------------------------------------------------- K-fold cross-validation

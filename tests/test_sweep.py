@@ -100,6 +100,26 @@ def test_successive_halving_saves_compute_and_finds_a_good_trial(small):
     assert rows[0]["val_acc"] >= full_rows[0]["val_acc"] - 0.1
 
 
+def test_halving_picks_the_group_size_that_pads_least(small):
+    """The rung schedule is known before the first rung: successive halving on a CPU picks the
+    widest group whose padding costs at most 5% more than the least; the trials are the same
+    whatever the group size."""
+    assert sweep._rungs(100, 50, 5, 3) == [(100, 5), (34, 10), (12, 30), (4, 5)]
+    assert sweep._rungs(9, 9, 1, 3) == [(9, 1), (3, 2), (1, 6)]
+    assert sweep._halving_group_size(sweep._rungs(100, 50, 5, 3), 2) == 3  # 1260 trial-epochs; groups of 4: 1440
+    assert sweep._halving_group_size(sweep._rungs(100, 50, 5, 3), 1) == 4  # no padding to speak of either way
+    tr, va, _ = small
+    spec, ranges = SPEC._replace(optimizer="sgd"), {"learning_rate": (1e-3, 3e-1)}
+    _, chosen, summary = sweep.successive_halving(jax.random.key(5), spec, ranges, tr, va, n_trials=7, max_epochs=3,
+                                                  min_epochs=1, eta=2)
+    assert [(r["trials"], r["epochs"]) for r in summary["rungs"]] == [(7, 1), (4, 2), (2, 3)]
+    _, fixed, _ = sweep.successive_halving(jax.random.key(5), spec, ranges, tr, va, n_trials=7, max_epochs=3,
+                                           min_epochs=1, eta=2, group_size=4)
+    assert [r["seed"] for r in chosen] == [r["seed"] for r in fixed]
+    for a, b in zip(chosen, fixed):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
 def test_kfold_cv_vmapped_over_configurations_and_folds(small):
     tr, _, test = small
     x, y = tr
