@@ -361,6 +361,9 @@ def _replicated(tree, devices: tuple):
 def _to_host(tree):
     """``jax.device_get(tree)``; arrays split over the devices of several processes (a sweep over
     ``jax.devices()`` under ``jax.distributed``) are gathered whole onto every process."""
+    if all(a.is_fully_addressable for a in jax.tree.leaves(tree) if isinstance(a, jax.Array)):
+        return jax.device_get(tree)  # one batched transfer
+
     def get(a):
         if not isinstance(a, jax.Array) or a.is_fully_addressable:
             return jax.device_get(a)
