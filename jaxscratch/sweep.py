@@ -557,25 +557,21 @@ def successive_halving(key, spec: Spec, ranges: dict, train_data, validation, *,
     if not 1 <= min_epochs <= max_epochs:
         raise ValueError(f"need 1 <= min_epochs <= max_epochs; got {min_epochs} and {max_epochs}")
     hp = _log_uniform(jax.random.fold_in(key, 1), ranges, n_trials)
-    if group_size is None and _devices(devices)[0].platform == "cpu":
-        group_size = _halving_group_size(_rungs(n_trials, max_epochs, min_epochs, eta), len(_devices(devices)))
+    devices = _devices(devices)
+    schedule = _rungs(n_trials, max_epochs, min_epochs, eta)  # (survivors, epochs) per rung
+    if group_size is None and devices[0].platform == "cpu":
+        group_size = _halving_group_size(schedule, len(devices))
     trials = init_trials(key, spec, hp, devices=devices)
-    done, spent, rungs, budget = 0, 0, [], min_epochs
-    while True:
-        budget = min(budget, max_epochs)
-        trials = train_trials(trials, spec, train_data, epochs=budget - done, validation=validation, test=test,
+    done, spent, rungs = 0, 0, []
+    for keep, epochs in schedule:
+        if rungs:  # every rung after the first trains the best of the previous one
+            metric = _ranking_metric(trials.history)
+            final = trials.history[metric][:, -1]
+            trials = select(trials, np.argsort(final if metric.endswith("loss") else -final, kind="stable")[:keep])
+        trials = train_trials(trials, spec, train_data, epochs=epochs, validation=validation, test=test,
                               group_size=group_size, devices=devices)
-        spent += (budget - done) * int(trials.seeds.shape[0])
-        rungs.append({"epochs": budget, "trials": int(trials.seeds.shape[0])})
-        done = budget
-        if budget >= max_epochs or trials.seeds.shape[0] == 1:
-            break
-        keep = max(1, math.ceil(trials.seeds.shape[0] / eta))
-        metric = _ranking_metric(trials.history)
-        final = trials.history[metric][:, -1]
-        order = np.argsort(final if metric.endswith("loss") else -final, kind="stable")[:keep]
-        trials = select(trials, order)
-        budget *= eta
+        spent, done = spent + epochs * keep, done + epochs
+        rungs.append({"epochs": done, "trials": keep})
     summary = {"epochs_trained": spent, "epochs_full_search": n_trials * max_epochs,
                "fraction_of_full": spent / (n_trials * max_epochs), "rungs": rungs}
     return trials, table(trials), summary
