@@ -5,8 +5,9 @@ Contract:
     as the book draws them), from the same initial weights (a controlled comparison: only the
     optimizer differs) or, given a function of the optimizer's name, from each optimizer's own
     (the book's ``ch06/optimizer_compare_mnist.py``: a freshly initialised network per
-    optimizer, only the batches shared); optimizers have different state shapes, so each is its
-    own ``lax.scan`` program.
+    optimizer, only the batches shared). All the optimizers train in one ``lax.scan`` program:
+    the models' forward and backward passes vmapped, each optimizer's update applied to its own
+    model, groups of optimizers on the devices side by side.
   * A :class:`Spec` fixes everything static about a trial: the model, the loss, the optimizer
     name, the batch size, ... The model is the book's MLP (``sizes``, ``activation``, ...), or
     ``model=``: an ``nn.Model``, or a factory ``f(**model_hparams) -> nn.Model`` called inside
@@ -53,11 +54,15 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
     """Train a model with each optimizer on the same ``iterations`` batches.
 
     Batches are drawn as the book does (``np.random.choice(n, batch_size)`` each step, with
-    replacement) from ``key``, once, and shared by every optimizer. Optimizers have different
-    state shapes, so each is its own program; they run side by side, optimizer ``i`` on
-    ``devices[i % len(devices)]`` (default: ``jax.local_devices()``, one per core on a CPU when
-    set up with :func:`jaxscratch.devices.use_cpu_cores`). On an accelerator each compiles while
-    the others run; on a CPU, whose cores run them, all compile first.
+    replacement) from ``key``, once, and shared by every optimizer. All the optimizers train in
+    one compiled program: the models' forward and backward passes are vmapped, and each
+    optimizer updates its own model. The optimizers are split into equal contiguous groups over
+    ``devices`` (default: ``jax.local_devices()``, one per core on a CPU when set up with
+    :func:`jaxscratch.devices.use_cpu_cores`), at most one device per optimizer; a group short
+    of optimizers repeats its last one and drops that result. Each device runs its own group's
+    updates (a ``lax.switch`` on its index; no communication). Results equal each optimizer's
+    trained alone (``train.run_steps``) to float rounding: the fused program may round
+    differently in the last bits, which chaotic runs amplify over thousands of steps.
 
     Args:
       key: PRNG key for the batch indices.
@@ -71,60 +76,113 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
       devices: where to run them.
 
     Returns:
-      name -> ``(final TrainState, per-step losses as a NumPy array)``.
+      name -> ``(final TrainState, per-step losses as a NumPy array)``; each state is on the
+      device that trained it.
     """
     x, y = np.asarray(x), np.asarray(y)
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive int; got {iterations!r}")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= x.shape[0]:
         raise ValueError(f"batch_size must be an int in [1, {x.shape[0]}]; got {batch_size!r}")
+    if not isinstance(optimizers, dict) or not optimizers:
+        raise ValueError(f"optimizers must be a non-empty dict of name -> optimizer; got {optimizers!r}")
     for name, opt in optimizers.items():
         if not isinstance(opt, optim.Optimizer) and not (hasattr(opt, "init") and hasattr(opt, "update")):
             raise TypeError(f"optimizers[{name!r}] must be an (init, update) pair; got {type(opt).__name__}")
+    names = list(optimizers)
     devices = _devices(devices)
-    batches = _compiled.once(_draw_batches, key, iterations, batch_size, x.shape[0], static_argnums=(1, 2, 3))
-    starts = {name: params(name) for name in optimizers} if callable(params) else None
-    first = params if starts is None else next(iter(starts.values()), None)
+    per = -(-len(names) // len(devices))  # optimizers per device
+    devices = devices[:-(-len(names) // per)]  # 4 optimizers on 3 devices: 2 + 2, the third idle
+    slots = names + names[-1:] * (per * len(devices) - len(names))  # slot i trains on devices[i // per]
+    starts = {name: params(name) for name in names} if callable(params) else None
+    first = params if starts is None else starts[names[0]]
     if model is None:
         model = nn.mlp_model(_mlp_sizes(first), activation=activation, batchnorm="gamma" in first[0])
     if starts is not None:
         for name, p in starts.items():
             if jax.tree.structure(p) != jax.tree.structure(first):
-                raise ValueError(f"params({name!r}) must be shaped like params({next(iter(starts))!r}) (one model "
+                raise ValueError(f"params({name!r}) must be shaped like params({names[0]!r}) (one model "
                                  f"for all); got {jax.tree.structure(p)} vs {jax.tree.structure(first)}")
-    task = losses.task(loss)
-    inputs = {}  # device (shared start) or name (own start) -> the inputs there (one transfer each)
-    runs = {}
-    for i, (name, opt) in enumerate(optimizers.items()):
-        device = devices[i % len(devices)]
-        p = params if starts is None else starts[name]
-        where = device if starts is None else name
-        if where not in inputs:
-            ms = nn.init_bn_state(p) if model_state is None and isinstance(p, list) else model_state
-            inputs[where] = jax.device_put((p, ms, x, y, batches), device)
-        runs[name] = (_compiled.program(_build_run_steps, model, opt, task), inputs[where])
-    if devices[0].platform == "cpu":
-        # CPU devices are the cores that run the programs, so a program compiling beside running
-        # ones competes with them for the same cores. Measured (benchmarks' workload (b), 10
-        # interleaved pairs of fresh processes on a noisy 2-core machine): compiling every program
-        # first took 7.0 s end to end on average against 7.3 s, and its compile events summed to
-        # 1.9-2.9 s against 3.1-5.2 s. An accelerator leaves the host free: there each program
-        # compiles while the previous ones run.
-        for program, args in runs.values():
-            _compiled.precompile(program, *args)
-    running = {name: program(*args) for name, (program, args) in runs.items()}  # dispatch is asynchronous
-    step_losses = jax.device_get({name: out[1] for name, out in running.items()})  # one transfer, after every dispatch
-    return {name: (running[name][0], np.asarray(step_losses[name])) for name in running}
+    own = [first if starts is None else starts[name] for name in slots]
+    model_states = [nn.init_bn_state(p) if model_state is None and isinstance(p, list) else model_state for p in own]
+    stack = lambda trees: jax.tree.map(lambda *a: np.stack([np.asarray(v) for v in a]), *trees)
+    batches = _compiled.once(_draw_batches, key, iterations, batch_size, x.shape[0], static_argnums=(1, 2, 3))
+    program = _compiled.program(_build_comparison, model, tuple(optimizers[name] for name in slots),
+                                losses.task(loss), devices)
+    params_out, states_out, opt_states, step_losses = program(
+        *jax.device_put((stack(own), stack(model_states)), _trial_sharding(devices)),
+        *_replicated((x, y, batches), devices))
+    by_slot = _host_columns([(params_out, states_out)])
+    by_device = _host_columns([opt_states])
+    step_losses = np.asarray(_to_host(step_losses))
+    key0 = jax.random.key(0)  # train.run_steps' state key
+    out = {}
+    for i, name in enumerate(names):
+        device = jax.sharding.SingleDeviceSharding(devices[i // per])
+        p, ms = _put_rows(by_slot, i, device)
+        opt_state = _put_rows(by_device, i // per, device)[i]
+        state = train.TrainState(p, opt_state, ms, jax.device_put(key0, device),
+                                 jax.device_put(np.int32(iterations), device))
+        out[name] = (state, step_losses[i])
+    return out
 
 
 def _draw_batches(key, iterations, batch_size, n):
     return jax.random.randint(key, (iterations, batch_size), 0, n)  # (iterations, batch)
 
 
-def _build_run_steps(model, opt, task):
-    """``train.run_steps`` compiled for a model, an optimizer (NamedTuples of functions, compared by
-    identity) and a task: a repeated comparison compiles nothing."""
-    return _compiled.jit(lambda p, s, x, y, b: train.run_steps(model, opt, p, s, x, y, b, loss=task))
+def _build_comparison(model, opts: tuple, task, devices: tuple):
+    """The comparison's program for ``opts`` (one optimizer per slot; NamedTuples of functions,
+    compared by identity) on ``devices``: ``run(params, model_state, x, y, batch_idx) ->
+    (params, model_state, opt_states, step_losses)``. The slots' models are stacked along the
+    first axis and split over the devices; ``opt_states`` holds every optimizer's state once per
+    device (a device trains only its own group's). A repeated comparison compiles nothing."""
+    per = len(opts) // len(devices)
+    groups = [range(g * per, (g + 1) * per) for g in range(len(devices))]
+
+    def loss_fn(params, model_state, xb, yb, key):
+        out, new_state = train._run(model, params, model_state, xb, train=True, key=key, compute_dtype=None)
+        return task.loss(out, yb), new_state
+
+    # Each model gets the batch as its own (broadcast) rather than sharing it: XLA then runs each
+    # model's first-layer matmuls as a one-model program does, not as one wider matmul for all
+    # (which rounds differently from a model trained alone, and ran no faster here).
+    grads_of = jax.vmap(jax.value_and_grad(loss_fn, has_aux=True), in_axes=(0, 0, 0, None, None))
+    row = lambda tree, r: jax.tree.map(lambda a: a[r], tree)
+
+    def update(g):
+        def run(grads, opt_states, params):
+            opt_states, new = list(opt_states), []
+            for r, i in enumerate(groups[g]):
+                updates, opt_states[i] = opts[i].update(row(grads, r), opt_states[i], row(params, r))
+                new.append(optim.apply_updates(row(params, r), updates))
+            return jax.tree.map(lambda *a: jnp.stack(a), *new), tuple(opt_states)
+        return run
+
+    def local(params, model_state, x, y, batch_idx):  # this device's ``per`` models
+        # Optimizer i starts from row i % per here: its own model on its own device; on the other
+        # devices some model of the same shapes, which it never trains there.
+        opt_states = tuple(opt.init(row(params, i % per)) for i, opt in enumerate(opts))
+        key = jax.random.key(0)  # train.run_steps' (the models' own randomness, e.g. dropout)
+
+        def body(carry, idx):
+            params, model_state, opt_states, step = carry
+            xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
+            (values, model_state), grads = grads_of(params, model_state, jnp.broadcast_to(xb, (per, *xb.shape)), yb,
+                                                    jax.random.fold_in(jax.random.fold_in(key, 1), step))
+            if len(devices) == 1:
+                params, opt_states = update(0)(grads, opt_states, params)
+            else:
+                params, opt_states = jax.lax.switch(jax.lax.axis_index("trials"),
+                                                    [update(g) for g in range(len(devices))], grads, opt_states,
+                                                    params)
+            return (params, model_state, opt_states, step + 1), values
+
+        (params, model_state, opt_states, _), values = jax.lax.scan(
+            body, (params, model_state, opt_states, jnp.int32(0)), batch_idx)
+        return params, model_state, jax.tree.map(lambda a: a[None], opt_states), values.T
+
+    return _compiled.jit(_sharded(local, devices, (True, True, False, False, False)))
 
 
 def _devices(devices) -> tuple:
