@@ -94,12 +94,15 @@ def test_processes_share_compiled_programs_with_identical_results(tmp_path):
     assert all(p.name.rpartition(".")[2] == hashlib.sha256(p.read_bytes()).hexdigest() for p in entries)
     hits, second = _train(tmp_path, env, "second")
     assert hits == len(entries) and second == first  # read back, and the same numbers to the bit
+    # A program compiling in about the 0.1 s threshold may be kept only by a later, slower run.
+    entries = sorted(folder.glob("*-cache.*"))
+    names = [p.name.split("-")[0] for p in entries]
     # A damaged entry is a miss, silently: compiled again, shared anew, the same results.
     epoch_entry = entries[names.index("jit_epoch_fn")]
     epoch_entry.write_bytes(epoch_entry.read_bytes()[:1000])
     hits, third = _train(tmp_path, env, "third")
     assert hits == len(entries) - 1 and third == first
-    assert compile_cache._tidy(folder).keys() == {p.name.rpartition(".")[0] for p in entries}  # whole again
+    assert compile_cache._tidy(folder).keys() >= {p.name.rpartition(".")[0] for p in entries}  # whole again
     # off: nothing read, nothing written
     off = {**env, "JAXSCRATCH_COMPILE_CACHE": "off", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     hits, fourth = _train(tmp_path, off, "fourth")

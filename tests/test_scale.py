@@ -102,7 +102,7 @@ _MESH_SCRIPT = textwrap.dedent("""
     model, task = nn.mlp_model((64, 64, 10)), losses.task("cross_entropy")
     epoch_fn, _ = train._programs(model, task, opt.update, batch_size=64, sampling="epoch", n=len(xt),
                                   use_weight_decay=False, mask_leaves=None, compute_dtype=None, mesh=mesh,
-                                  data_axis="data")
+                                  data_axis="data", host_order=False)
     (xs, ys, _), _ = _fitdata.layout({"train": (np.asarray(xt), np.asarray(yt))}, 256, task)
     params, model_state = model.init(jax.random.key(1))
     state = train.init_state(jax.random.key(0), params, opt, model_state)
