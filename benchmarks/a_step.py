@@ -79,7 +79,8 @@ def _numpy_matmuls(x, batches):
 
 
 def _programs(x, y, steps):
-    """The jaxscratch step program (train.run_steps, compiled as compare_optimizers compiles it) and its inputs."""
+    """The jaxscratch step program (train.run_steps: one model, one optimizer, compiled as the library compiles
+    its training programs) and its inputs."""
     import jax
     from jaxscratch import _compiled, nn, train
     key_init, key_batches = jax.random.split(jax.random.key(0))
