@@ -11,28 +11,33 @@ from the same ones (``--init same``: only the optimizer differs between two curv
 (``--init own``), so its curves also differ by the luck of the draw. The figure in the README
 and the numbers below are ``--init same``. Writes the
 smoothed loss curves to figures/optimizer_comparison.png (left: the book's four; right: all,
-log scale). Expected output, full mode on Fashion-MNIST ("loss": the last smoothed training
-loss; times include compiling; 104 s in all on a 2-core CPU shared with other jobs):
+log scale). All the optimizers train in one compiled program, split over the CPU's cores.
+Expected output, full mode on Fashion-MNIST ("loss": the last smoothed training loss):
 
     fashion-mnist: 784-[100 x4]-10, batch 128, 2000 iterations, same batches, same initial weights
-    sgd        loss 0.4884     test acc 82.6%  6.9s
-    momentum   loss 0.3972     test acc 84.7%  6.4s
-    nesterov   loss 0.3623     test acc 86.2%  8.5s
-    adagrad    loss 0.3519     test acc 86.5%  8.0s
-    rmsprop    loss 0.4871     test acc 82.9%  8.1s
-    adam       loss 0.356      test acc 85.7%  9.9s
-    adamw      loss 0.3459     test acc 86.4%  9.2s
-    nadam      loss 0.3448     test acc 86.8%  9.2s
-    adamax     loss 0.3605     test acc 86.3%  8.9s
-    lion       loss 0.3414     test acc 87.1%  9.8s
-    adadelta   loss 0.3719     test acc 85.3%  10.7s
+    sgd        loss 0.4889     test acc 82.8%
+    momentum   loss 0.3855     test acc 84.9%
+    nesterov   loss 0.3726     test acc 86.1%
+    adagrad    loss 0.3453     test acc 86.7%
+    rmsprop    loss 0.5197     test acc 83.8%
+    adam       loss 0.3407     test acc 86.0%
+    adamw      loss 0.3505     test acc 86.1%
+    nadam      loss 0.3383     test acc 86.8%
+    adamax     loss 0.3648     test acc 85.8%
+    lion       loss 0.3284     test acc 87.0%
+    adadelta   loss 0.3801     test acc 86.0%
+    11 optimizers trained and evaluated in 19.9s (one program, compiling included)
     saved figures/optimizer_comparison.png
 
-SGD is the slowest by far, Momentum, AdaGrad and Adam all beat it, as in the book; RMSProp's
-default rate 0.01 is too large here (spikes). On the 8x8 digits (the default; 68 s) SGD ends
-at loss 0.062 and 95.5%, every other optimizer near 0 (1e-3 to 1e-7) and 94.7% (Lion) to
-98.1% (NAdam, Adamax); Adam 97.8%. --quick (200 iterations, the book's four) on digits:
-sgd 0.8518 84.4%, momentum 0.05693 95.5%, adagrad 0.008863 96.7%, adam 0.01294 96.4%.
+(23 s for the whole process on a 2-core CPU; training the optimizers one program at a time, as
+this example did before, took 29.4 s of training and 32 s in all, measured just before.) SGD is
+the slowest by far, Momentum, AdaGrad and Adam all beat it, as in the book; RMSProp's default
+rate 0.01 is too large here (spikes, and a last loss that moves with rounding). The last digits
+of every loss depend on how the optimizers are grouped over the cores: chaotic runs amplify
+rounding. On the 8x8 digits (the default; 11 s) SGD ends at loss 0.062 and 95.5%, every other
+optimizer near 0 (1e-3 to 1e-7) and 95.3% (RMSProp) to 98.1% (AdamW, NAdam, Adamax); Adam
+97.8%. --quick (200 iterations, the book's four) on digits: sgd 0.8517 84.1%, momentum 0.05693
+95.5%, adagrad 0.008897 96.7%, adam 0.01294 96.4%.
 """
 import argparse
 import os
@@ -55,8 +60,8 @@ HIDDEN = (100,) * 4       # the book's 784-100-100-100-100-10
 BATCH_SIZE = 128          # the book's batch_size
 ITERATIONS = 2000         # the book's max_iterations
 QUICK_ITERATIONS = 200    # enough for the curves to separate; a few seconds on a CPU
-# Figure 6-9's optimizers: drawn solid (the others dashed), and all --quick runs, since each
-# optimizer compiles its own program (~1 s on a CPU) and the test suite wants seconds.
+# Figure 6-9's optimizers: drawn solid (the others dashed), and all --quick runs (the test suite
+# wants seconds).
 BOOK_FOUR = ("sgd", "momentum", "adagrad", "adam")
 SEED = 0
 
@@ -66,10 +71,11 @@ def load(args) -> data.Dataset:
     return data.load_dataset(args.dataset, **kwargs)
 
 
-def compare(ds: data.Dataset, names, iterations: int, init: str = "same") -> dict:
-    """name -> (step losses, test accuracy, seconds); every optimizer from the same start
+def compare(ds: data.Dataset, names, iterations: int, init: str = "same") -> tuple[dict, float]:
+    """``(name -> (step losses, test accuracy), seconds)``: every optimizer from the same start
     (``init="same"``) or each from its own (``"own"``, the book's: optimizer i of
-    ``optim.OPTIMIZERS`` gets the i-th draw, whichever subset runs)."""
+    ``optim.OPTIMIZERS`` gets the i-th draw, whichever subset runs), all trained in one program
+    (``sweep.compare_optimizers``: side by side on the CPU's cores)."""
     key_init, key_batches = jax.random.split(jax.random.key(SEED))
     sizes = (ds.x_train.shape[1], *HIDDEN, ds.num_classes)
     order = list(optim.OPTIMIZERS)
@@ -80,22 +86,19 @@ def compare(ds: data.Dataset, names, iterations: int, init: str = "same") -> dic
 
     model = nn.mlp_model(sizes)  # compare_optimizers' default model for these params: ReLU, no batch norm
     evaluate = jax.jit(lambda p, s, x, y: train.evaluate(model, p, s, x, y))
-    results = {}
-    for name in names:
-        start = time.perf_counter()
-        # One optimizer per call (to time each), the same key: the very same batches for everyone.
-        state, losses = sweep.compare_optimizers(key_batches, {name: optim.OPTIMIZERS[name]()}, initial_weights,
-                                                 ds.x_train, ds.y_train, iterations=iterations,
-                                                 batch_size=BATCH_SIZE)[name]
-        acc = evaluate(state.params, state.model_state, ds.x_test, ds.y_test)["acc"]
-        results[name] = (losses, float(acc), time.perf_counter() - start)
-    return results
+    start = time.perf_counter()
+    # One key: the very same batches for everyone.
+    runs = sweep.compare_optimizers(key_batches, {name: optim.OPTIMIZERS[name]() for name in names}, initial_weights,
+                                    ds.x_train, ds.y_train, iterations=iterations, batch_size=BATCH_SIZE)
+    results = {name: (losses, float(evaluate(state.params, state.model_state, ds.x_test, ds.y_test)["acc"]))
+               for name, (state, losses) in runs.items()}
+    return results, time.perf_counter() - start
 
 
 def save_figure(results: dict, title: str, path: str) -> str:
     """Left: the book's four on a linear scale (Figure 6-9); right: everything, log scale."""
     fig, (ax_book, ax_all) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for i, (name, (losses, _, _)) in enumerate(results.items()):
+    for i, (name, (losses, _)) in enumerate(results.items()):
         style = dict(color=f"C{i % 10}", lw=1.3, label=name, ls="-" if name in BOOK_FOUR else "--")
         if name in BOOK_FOUR:
             ax_book.plot(plot.smooth_curve(losses), **style)
@@ -144,9 +147,10 @@ def main(argv=None) -> dict:
     sizes = f"{ds.x_train.shape[1]}-[100 x{len(HIDDEN)}]-{ds.num_classes}"
     inits = "same initial weights" if args.init == "same" else "each its own initial weights (the book's)"
     print(f"{ds.name}: {sizes}, batch {BATCH_SIZE}, {iterations} iterations, same batches, {inits}")
-    results = compare(ds, names, iterations, args.init)
-    for name, (losses, acc, seconds) in results.items():
-        print(f"{name:10s} loss {plot.smooth_curve(losses)[-1]:<10.4g} test acc {100 * acc:.1f}%  {seconds:.1f}s")
+    results, seconds = compare(ds, names, iterations, args.init)
+    for name, (losses, acc) in results.items():
+        print(f"{name:10s} loss {plot.smooth_curve(losses)[-1]:<10.4g} test acc {100 * acc:.1f}%")
+    print(f"{len(names)} optimizers trained and evaluated in {seconds:.1f}s (one program, compiling included)")
     os.makedirs(args.out, exist_ok=True)
     title = (f"{ds.name}, MLP {sizes}, ReLU, He init, batch {BATCH_SIZE}: default hyperparameters, "
              f"same batches, {inits}")
