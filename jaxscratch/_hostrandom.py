@@ -7,7 +7,7 @@ it compiled no faster. Here the same numbers cost ~10 ms of NumPy per epoch of 5
 the previous epoch runs. Only JAX's default generator is covered: threefry with
 ``jax_threefry_partitionable`` (JAX's default since 0.5), arrays under 2**32 elements;
 :func:`supported` says whether a key qualifies, and callers fall back to JAX otherwise.
-Tested against ``jax.random`` itself (``tests/test_data.py``).
+Tested against ``jax.random`` itself (``tests/test_hostrandom.py``).
 """
 from __future__ import annotations
 
