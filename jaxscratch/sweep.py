@@ -131,7 +131,7 @@ def _draw_batches(key, iterations: int, batch_size: int, n: int):
     """``jax.random.randint(key, (iterations, batch_size), 0, n)``: with JAX's default generator
     computed on the host, bit for bit (``_hostrandom``; its program compiled in 0.2-0.3 s), else
     as a one-off program."""
-    if _hostrandom.supported(key) and n < 2 ** 31:
+    if _hostrandom.supported(key) and n < 2 ** 31 and iterations * batch_size <= 1 << 22:  # <= ~0.4 s of NumPy
         return _hostrandom.randint(_hostrandom.key_data(key), iterations * batch_size, n).reshape(iterations, batch_size)
     return _compiled.once(_draw_on_device, key, iterations, batch_size, n, static_argnums=(1, 2, 3))
 

@@ -89,3 +89,11 @@ def test_init_mlp_hash_on_the_host_equals_the_hash_in_the_program(monkeypatch):
         for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(inside)):
             np.testing.assert_array_equal(a, b)
             assert a.dtype == b.dtype == jnp.float32
+
+
+def test_comparison_batches_are_jax_randint_on_the_host_or_not():
+    from jaxscratch import sweep
+    for key in (jax.random.key(4), jax.random.key(4, impl="rbg")):  # the host's draw; the device's fallback
+        got = sweep._draw_batches(key, 20, 30, 500)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.random.randint(key, (20, 30), 0, 500)))
+    assert isinstance(sweep._draw_batches(jax.random.key(4), 20, 30, 500), np.ndarray)
