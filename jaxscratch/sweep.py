@@ -113,14 +113,14 @@ def compare_optimizers(key, optimizers: dict, params, x, y, *, iterations: int, 
         *jax.device_put((stack(own), stack(model_states)), _trial_sharding(devices)),
         *_replicated((x, y, batches), devices))
     by_slot = _host_columns([(params_out, states_out)])
-    by_device = _host_columns([opt_states])
+    by_device = [_host_columns([s]) for s in opt_states]  # optimizer i's state, one row per device
     step_losses = np.asarray(_to_host(step_losses))
     key0 = jax.random.key(0)  # train.run_steps' state key
     out = {}
     for i, name in enumerate(names):
         device = jax.sharding.SingleDeviceSharding(devices[i // per])
         p, ms = _put_rows(by_slot, i, device)
-        opt_state = _put_rows(by_device, i // per, device)[i]
+        opt_state = _put_rows(by_device[i], i // per, device)
         state = train.TrainState(p, opt_state, ms, jax.device_put(key0, device),
                                  jax.device_put(np.int32(iterations), device))
         out[name] = (state, step_losses[i])
