@@ -18,15 +18,23 @@ import numpy as np
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
+def partitionable_threefry(keys) -> bool:
+    """Whether ``keys`` (typed, or raw data of the default generator; any batch shape, traced or
+    not) belong to threefry with ``jax_threefry_partitionable``: the draws this module, and
+    ``nn.unit_normals``' single hash, reproduce."""
+    impl = (str(jax.random.key_impl(keys)) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+            else jax.config.jax_default_prng_impl)
+    return impl == "threefry2x32" and bool(jax.config.jax_threefry_partitionable)
+
+
 def supported(key) -> bool:
     """Whether ``key`` (typed, or raw ``uint32[2]`` data of the default generator) is a single
-    threefry key whose draws this module reproduces."""
+    concrete threefry key whose draws this module reproduces."""
     if not isinstance(key, (jax.Array, np.ndarray)) or isinstance(key, jax.core.Tracer):
         return False
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    impl = str(jax.random.key_impl(key)) if typed else jax.config.jax_default_prng_impl
     shape_ok = key.shape == () if typed else (key.shape == (2,) and key.dtype == np.uint32)
-    return shape_ok and impl == "threefry2x32" and bool(jax.config.jax_threefry_partitionable)
+    return shape_ok and partitionable_threefry(key)
 
 
 def key_data(key) -> np.ndarray:

@@ -162,11 +162,14 @@ def _init_layers(key, sizes, weight_init, batchnorm, dtype):
 
 
 def _layers_from_bits(bits, sizes, weight_init, batchnorm):
-    normals = _normals_from_bits(bits)
-    ends = np.cumsum([n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])])
+    return _layers_from_normals(_per_layer(_normals_from_bits(bits), sizes), weight_init, batchnorm)
+
+
+def _per_layer(z, sizes) -> list:
+    """``z`` ``(..., total)``, every layer's draws one after another, cut into ``(..., n_in, n_out)``."""
     shapes = list(zip(sizes[:-1], sizes[1:]))
-    return _layers_from_normals([normals[end - a * b:end].reshape(a, b) for end, (a, b) in zip(ends, shapes)],
-                                weight_init, batchnorm)
+    ends = np.cumsum([a * b for a, b in shapes])
+    return [z[..., end - a * b:end].reshape(z.shape[:-1] + (a, b)) for end, (a, b) in zip(ends, shapes)]
 
 
 def _normals_from_bits(bits):
@@ -205,17 +208,12 @@ def unit_normals(key, sizes: Sequence[int], dtype=jnp.float32) -> list[jax.Array
         [jnp.broadcast_to(data[..., i, word:word + 1], lead + (c,)) for i, c in enumerate(counts)], axis=-1)
     lo = jnp.concatenate([jax.lax.broadcasted_iota(jnp.uint32, lead + (c,), len(lead)) for c in counts], axis=-1)
     b1, b2 = threefry2x32_p.bind(per_layer(0), per_layer(1), jnp.zeros_like(lo), lo)
-    z = _normals_from_bits(b1 ^ b2)
-    ends = np.cumsum(counts)
-    return [z[..., end - c:end].reshape(z.shape[:-1] + shape) for end, c, shape in zip(ends, counts, shapes)]
+    return _per_layer(_normals_from_bits(b1 ^ b2), sizes)
 
 
 def _one_hash_ok(keys, dtype, counts) -> bool:
     """Whether :func:`unit_normals` may draw every layer in one hash call (see there)."""
-    typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
-    impl = str(jax.random.key_impl(keys)) if typed else jax.config.jax_default_prng_impl
-    return (jnp.dtype(dtype) == jnp.float32 and impl == "threefry2x32" and jax.config.jax_threefry_partitionable
-            and max(counts) < 2**32)
+    return jnp.dtype(dtype) == jnp.float32 and _hostrandom.partitionable_threefry(keys) and max(counts) < 2**32
 
 
 def _layers_from_normals(normals, weight_init, batchnorm) -> list[dict]:

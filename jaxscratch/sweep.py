@@ -149,14 +149,11 @@ def _build_comparison(model, opts: tuple, task, devices: tuple):
     per = len(opts) // len(devices)
     groups = [range(g * per, (g + 1) * per) for g in range(len(devices))]
 
-    def loss_fn(params, model_state, xb, yb, key):
-        out, new_state = train._run(model, params, model_state, xb, train=True, key=key, compute_dtype=None)
-        return task.loss(out, yb), new_state
-
+    loss_fn = train._make_loss(model, task, False, None, None)  # train.run_steps' objective
     # Each model gets the batch as its own (broadcast) rather than sharing it: XLA then runs each
     # model's first-layer matmuls as a one-model program does, not as one wider matmul for all
     # (which rounds differently from a model trained alone, and ran no faster here).
-    grads_of = jax.vmap(jax.value_and_grad(loss_fn, has_aux=True), in_axes=(0, 0, 0, None, None))
+    grads_of = jax.vmap(jax.value_and_grad(loss_fn, has_aux=True), in_axes=(0, 0, 0, None, None, None))
     row = lambda tree, r: jax.tree.map(lambda a: a[r], tree)
 
     def update(g):
@@ -178,7 +175,7 @@ def _build_comparison(model, opts: tuple, task, devices: tuple):
             params, model_state, opt_states, step = carry
             xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
             (values, model_state), grads = grads_of(params, model_state, jnp.broadcast_to(xb, (per, *xb.shape)), yb,
-                                                    jax.random.fold_in(jax.random.fold_in(key, 1), step))
+                                                    train._step_key(key, step), train.Hyper())
             if len(devices) == 1:
                 params, opt_states = update(0)(grads, opt_states, params)
             else:

@@ -135,6 +135,21 @@ def make_train_step(model: nn.Model, optimizer: optim.Optimizer, *, loss="cross_
     parameter leaf. ``compute_dtype`` (e.g. ``jnp.bfloat16``): the model runs on parameters and
     inputs cast to it; gradients, the loss and the optimizer stay in the parameters' dtype.
     """
+    loss_fn = _make_loss(model, loss, use_weight_decay, weight_decay_mask, compute_dtype)
+
+    def step(state: TrainState, x, y, hyper: Hyper):
+        (value, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, x, y, _step_key(state.key, state.step), hyper)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optim.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, model_state, state.key, state.step + 1), value
+
+    return step
+
+
+def _make_loss(model: nn.Model, loss, use_weight_decay: bool, weight_decay_mask, compute_dtype) -> Callable:
+    """``loss_fn(params, model_state, x, y, key, hyper) -> (loss, new model state)``: the training
+    objective of :func:`make_train_step` (and of the optimizer comparison's vmapped models)."""
     task = losses.task(loss)
 
     def loss_fn(params, model_state, x, y, key, hyper):
@@ -144,15 +159,12 @@ def make_train_step(model: nn.Model, optimizer: optim.Optimizer, *, loss="cross_
             value = value + _penalty(params, weight_decay_mask, jnp.asarray(hyper.weight_decay).astype(value.dtype))
         return value, new_state
 
-    def step(state: TrainState, x, y, hyper: Hyper):
-        key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
-        (value, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.model_state, x, y, key, hyper)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optim.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, model_state, state.key, state.step + 1), value
+    return loss_fn
 
-    return step
+
+def _step_key(key, step):
+    """The key a training step hands the model (dropout) from the state's key and step."""
+    return jax.random.fold_in(jax.random.fold_in(key, 1), step)
 
 
 def make_epoch(model: nn.Model, optimizer: optim.Optimizer, *, batch_size: int, sampling: str = "epoch",
@@ -453,8 +465,9 @@ class _HostOrder:
 
     MAX_ROWS = 1 << 21  # above this, the host's ~0.2 s per million rows is left to the device
 
-    def __init__(self, key, n: int, batch_size: int, replace: bool, put: Callable):
+    def __init__(self, key, n: int, batch_size: int, replace: bool, put: Callable, epochs: int):
         self.key, self.n, self.batch_size, self.replace, self.put = key, n, batch_size, replace, put
+        self.epochs = epochs  # fit's: no order is computed ahead for an epoch past the last
         self.ready: tuple | None = None  # (epoch index, device array)
 
     @staticmethod
@@ -464,12 +477,16 @@ class _HostOrder:
     def get(self, e: int):
         """The order of epoch ``e`` (``state.step // steps``), on the device."""
         if self.ready is None or self.ready[0] != e:
-            self.prefetch(e)
+            self.ready = (e, self._upload(e))
         return self.ready[1]
 
     def prefetch(self, e: int) -> None:
-        idx = _hostrandom.fit_epoch_indices(self.key, e, self.n, self.batch_size, self.replace)
-        self.ready = (e, self.put(idx))
+        """Compute epoch ``e``'s order now, if fit runs that epoch."""
+        if e < self.epochs:
+            self.ready = (e, self._upload(e))
+
+    def _upload(self, e: int):
+        return self.put(_hostrandom.fit_epoch_indices(self.key, e, self.n, self.batch_size, self.replace))
 
 
 def _prepare(key, model, optimizer, loss, train, validation, test, *, params, model_state, state, epochs,
@@ -489,7 +506,7 @@ def _prepare(key, model, optimizer, loss, train, validation, test, *, params, mo
     host, where = _fitdata.layout(sets, chunk, task)
     arrays = tuple(put(a) for a in host)  # one upload: training reads its rows, evaluation every chunk
     index = [put(np.int32(i)) for i in range(len(host[0]))]  # uploaded once: no transfer per epoch
-    order = (_HostOrder(_hostrandom.key_data(state.key), n, batch_size, sampling == "replacement", put)
+    order = (_HostOrder(_hostrandom.key_data(state.key), n, batch_size, sampling == "replacement", put, epochs)
              if _HostOrder.usable(state.key, n) else None)
     config = dict(batch_size=batch_size, sampling=sampling, n=n,
                   use_weight_decay=not (isinstance(weight_decay, (int, float)) and weight_decay == 0),
