@@ -184,14 +184,18 @@ def make_epoch(model: nn.Model, optimizer: optim.Optimizer, *, batch_size: int, 
 
     def epoch(state: TrainState, x, y, hyper: Hyper, n: int | None = None):
         n = x.shape[0] if n is None else n
-        steps = n // batch_size
-        e = state.step // steps
-        idx = data.epoch_indices(jax.random.fold_in(jax.random.fold_in(state.key, 0), e), n, batch_size,
-                                 replace=sampling == "replacement")  # (steps, batch_size)
-        return run(state, x, y, hyper, idx)
+        return run(state, x, y, hyper, _epoch_order(state.key, state.step, n, batch_size, sampling))
 
     run = _steps_over(step, sharding)
     return epoch
+
+
+def _epoch_order(key, step, n: int, batch_size: int, sampling: str):
+    """:func:`make_epoch`'s batch order ``(n // batch_size, batch_size)`` for the epoch that
+    ``step`` (a state's step count) is in, from the state's ``key``."""
+    e = step // (n // batch_size)
+    return data.epoch_indices(jax.random.fold_in(jax.random.fold_in(key, 0), e), n, batch_size,
+                              replace=sampling == "replacement")
 
 
 def _steps_over(step: Callable, sharding=None) -> Callable:
@@ -360,9 +364,7 @@ def _build_chunk_programs(model, task, update, chunk, batch_size, sampling, n, u
                       compute_dtype=compute_dtype)
 
     def indices_fn(key, step):  # make_epoch's batch order of the epoch that step is in
-        e = step // (n // batch_size)
-        return data.epoch_indices(jax.random.fold_in(jax.random.fold_in(key, 0), e), n, batch_size,
-                                  replace=sampling == "replacement")
+        return _epoch_order(key, step, n, batch_size, sampling)
 
     def chunk_fn(state, xs, ys, hyper, idx, offset):
         flat = lambda a: a.reshape((-1,) + a.shape[2:])

@@ -38,7 +38,8 @@ _SCRIPT = textwrap.dedent("""
     sharding = sweep._trial_sharding(tuple(devices))
     state, hparams = sweep._put_rows(sweep._host_columns([(split.state, split.hparams)]), np.array([0, 1, 2]), sharding)
     x, y, sets = sweep._replicated((jnp.asarray(tr[0]), jnp.asarray(tr[1]), {}), tuple(devices))
-    new_state, _ = program(state, hparams, x, y, sets)
+    orders = sweep._compiled.program(sweep._build_orders, spec.batch_size, spec.sampling, len(x), tuple(devices))
+    new_state, _ = program(state, hparams, x, y, sets, orders(state.key, state.step))
     w = new_state.params[0]["w"]
     out["per_device_rows"] = sorted(s.data.shape[0] for s in w.addressable_shards)
     # successive halving: one training program for every rung, on three devices
