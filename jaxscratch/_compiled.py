@@ -84,7 +84,7 @@ def program(build: Callable[..., Any], *config) -> Any:
     return built
 
 
-def jit(fn: Callable, **kwargs) -> Any:
+def jit(fn: Callable, *, evaluation: bool = False, **kwargs) -> Any:
     """``jax.jit(fn, **kwargs)`` for a training program (an epoch, a chunk of steps, an evaluation,
     a sweep's trials): on a CPU compiled with :data:`TRAINING`, LLVM's first optimisation level
     instead of XLA's default third. Their time is in the matmuls, which XLA:CPU hands to its
@@ -95,9 +95,13 @@ def jit(fn: Callable, **kwargs) -> Any:
     level's in the last bits (4.8e-7 in a loss after 2,000 steps), as any change of fusion does.
     Every training program of the library is compiled alike, so ``fit``, its chunks, a resumed run
     and the sweeps agree with each other as before. Other platforms keep their defaults.
-    ``JAXSCRATCH_XLA_OPT_LEVEL=default`` (or 0-3), read at import, chooses another level."""
+    ``JAXSCRATCH_XLA_OPT_LEVEL=default`` (or 0-3), read at import, chooses another level.
+
+    ``evaluation``: a program of forward passes only (``fit``'s evaluation chunks), also compiled
+    without XLA:CPU's fusion emitters: ``fit``'s 784-100-100-10 evaluation chunk compiled in 0.10
+    s instead of 0.14 s and ran as fast (2-core CPU; an epoch, by contrast, ran ~20% slower)."""
     if "compiler_options" not in kwargs and TRAINING and jax.default_backend() == "cpu":
-        kwargs["compiler_options"] = TRAINING
+        kwargs["compiler_options"] = {**TRAINING, **({"xla_cpu_use_fusion_emitters": False} if evaluation else {})}
     return jax.jit(fn, **kwargs)
 
 

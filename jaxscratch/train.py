@@ -339,7 +339,7 @@ def _build_programs(model, task, update, batch_size, sampling, n, use_weight_dec
             xc, yc, mask = jax.lax.with_sharding_constraint((xc, yc, mask), sharding)
         return _chunk_sums(model, task, params, model_state, xc, yc, mask, compute_dtype)
 
-    return _compiled.jit(epoch_fn, donate_argnums=0), _compiled.jit(eval_fn)
+    return _compiled.jit(epoch_fn, donate_argnums=0), _compiled.jit(eval_fn, evaluation=True)
 
 
 def _chunk_programs(model, task, update, *, chunk, batch_size, sampling, n, use_weight_decay, mask_leaves,
@@ -371,7 +371,8 @@ def _build_chunk_programs(model, task, update, chunk, batch_size, sampling, n, u
         state, step_losses = run(state, flat(xs), flat(ys), hyper, idx, offset)
         return state, (step_losses, _all_finite(state.params))
 
-    return _compiled.jit(indices_fn), _compiled.jit(chunk_fn, donate_argnums=0)
+    return (jax.jit(indices_fn, compiler_options=_compiled.one_off_options()),
+            _compiled.jit(chunk_fn, donate_argnums=0))
 
 
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # one program per tree, not one per leaf

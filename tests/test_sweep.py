@@ -88,8 +88,9 @@ def test_random_search_table_and_log_uniform_ranges(small):
 
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
 def test_log_uniform_draws_are_jax_random_uniform_bit_for_bit(impl):
-    """The searches' hyperparameters: ``10 ** uniform(fold_in(key, i), log10 low, log10 high)`` for
-    the i-th name in sorted order, to the bit (threefry: hashed on the host; other generators: JAX)."""
+    """The searches' hyperparameters: ``10 ** uniform(fold_in(fold_in(key, 1), i), log10 low, log10
+    high)`` for the i-th name in sorted order, to the bit (threefry: hashed on the host; other
+    generators: JAX)."""
     ranges = {"weight_decay": (1e-8, 1e-4), "learning_rate": (1e-6, 1e-2), "a": (0.3, 7.0), "b": (2.0, 3e5),
               "c": (1e-3, 1e-3)}
     for seed in range(3):
@@ -98,7 +99,8 @@ def test_log_uniform_draws_are_jax_random_uniform_bit_for_bit(impl):
         assert sorted(got) == sorted(ranges)
         for i, name in enumerate(sorted(ranges)):
             lo, hi = (float(np.log10(v)) for v in ranges[name])
-            want = 10.0 ** jax.random.uniform(jax.random.fold_in(key, i), (257,), minval=lo, maxval=hi)
+            want = 10.0 ** jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 1), i), (257,), minval=lo,
+                                              maxval=hi)
             assert got[name].dtype == want.dtype and np.array_equal(got[name], want), name
 
 
