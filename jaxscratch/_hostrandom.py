@@ -50,8 +50,10 @@ def _rotl(v, d):
 
 
 def threefry2x32(key: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The Threefry-2x32 hash (20 rounds) of the word pairs ``(x0, x1)`` under ``key``."""
-    ks = (key[0], key[1], key[0] ^ key[1] ^ np.uint32(0x1BD11BDA))
+    """The Threefry-2x32 hash (20 rounds) of the word pairs ``(x0, x1)`` under ``key`` ``(..., 2)``
+    (a batch of keys hashes rows of ``x``: ``(..., size)``)."""
+    k0, k1 = key[..., 0, None], key[..., 1, None]
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
     with np.errstate(over="ignore"):
         a, b = x0 + ks[0], x1 + ks[1]
         for i in range(5):
@@ -63,16 +65,19 @@ def threefry2x32(key: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> tuple[np.nd
     return a, b
 
 
-def fold_in(key: np.ndarray, data: int) -> np.ndarray:
-    """``jax.random.fold_in(key, data)`` for ``0 <= data < 2**32``."""
-    a, b = threefry2x32(key, np.zeros(1, np.uint32), np.array([data], np.uint32))
-    return np.array([a[0], b[0]], np.uint32)
+# Every function below takes one key (``uint32[2]``) or a batch of keys ``(..., 2)``, whose
+# results stack along the leading axes (the sweeps draw a group of trials' orders at once).
+def fold_in(key: np.ndarray, data) -> np.ndarray:
+    """``jax.random.fold_in(key, data)`` for ``0 <= data < 2**32`` (an int, or one per key)."""
+    words = np.asarray(data, np.uint32)[..., None]
+    a, b = threefry2x32(key, np.zeros_like(words), words)
+    return np.concatenate([a, b], axis=-1)
 
 
 def split(key: np.ndarray, num: int = 2) -> np.ndarray:
-    """``jax.random.split(key, num)`` as raw ``(num, 2)`` data."""
+    """``jax.random.split(key, num)`` as raw ``(..., num, 2)`` data."""
     a, b = threefry2x32(key, np.zeros(num, np.uint32), np.arange(num, dtype=np.uint32))
-    return np.stack([a, b], axis=1)
+    return np.stack([a, b], axis=-1)
 
 
 def bits32(key: np.ndarray, size: int) -> np.ndarray:
@@ -81,20 +86,25 @@ def bits32(key: np.ndarray, size: int) -> np.ndarray:
     return a ^ b
 
 
+def _halves(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pair = split(key)
+    return pair[..., 0, :], pair[..., 1, :]
+
+
 def permutation(key: np.ndarray, n: int) -> np.ndarray:
     """``jax.random.permutation(key, n)``: JAX's rounds of stable sorts by fresh 32-bit keys."""
-    x = np.arange(n, dtype=np.int32)
+    x = np.broadcast_to(np.arange(n, dtype=np.int32), key.shape[:-1] + (n,))
     rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
     for _ in range(rounds):
-        key, sub = split(key)
-        x = x[np.argsort(bits32(sub, n), kind="stable")]
+        key, sub = _halves(key)
+        x = np.take_along_axis(x, np.argsort(bits32(sub, n), axis=-1, kind="stable"), axis=-1)
     return x
 
 
 def randint(key: np.ndarray, size: int, n: int) -> np.ndarray:
     """``jax.random.randint(key, (size,), 0, n, int32)`` for ``1 <= n < 2**31``: JAX's two words
     per draw, combined modulo ``n`` in uint32 arithmetic (wrapping as XLA's does)."""
-    k1, k2 = split(key)
+    k1, k2 = _halves(key)
     span = np.uint32(n)
     m = 2 ** 16 % n
     multiplier = np.uint32((m * m % 2 ** 32) % n)  # the square wraps in uint32 (to 0 for n > 2**16)
@@ -104,17 +114,18 @@ def randint(key: np.ndarray, size: int, n: int) -> np.ndarray:
 
 
 def epoch_indices(key: np.ndarray, n: int, batch_size: int, replace: bool) -> np.ndarray:
-    """``data.epoch_indices`` of a raw key, on the host: ``(n // batch_size, batch_size)`` int32."""
+    """``data.epoch_indices`` of a raw key, on the host: ``(..., n // batch_size, batch_size)`` int32."""
     steps = n // batch_size
+    shape = key.shape[:-1] + (steps, batch_size)
     if replace:
-        return randint(key, steps * batch_size, n).reshape(steps, batch_size)
-    return permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
+        return randint(key, steps * batch_size, n).reshape(shape)
+    return permutation(key, n)[..., : steps * batch_size].reshape(shape)
 
 
-def fit_epoch_indices(key: np.ndarray, epoch: int, n: int, batch_size: int, replace: bool) -> np.ndarray:
-    """The batch order of epoch ``epoch`` of ``train.make_epoch`` for a state key ``key``:
-    ``epoch_indices(fold_in(fold_in(key, 0), epoch), ...)``."""
-    if not 0 <= epoch < 2 ** 32:
+def fit_epoch_indices(key: np.ndarray, epoch, n: int, batch_size: int, replace: bool) -> np.ndarray:
+    """The batch order of epoch ``epoch`` (an int, or one per key) of ``train.make_epoch`` for a
+    state key ``key``: ``epoch_indices(fold_in(fold_in(key, 0), epoch), ...)``."""
+    if not np.all((0 <= np.asarray(epoch)) & (np.asarray(epoch) < 2 ** 32)):
         raise ValueError(f"epoch must be in [0, 2**32); got {epoch}")
     return epoch_indices(fold_in(fold_in(key, 0), epoch), n, batch_size, replace)
 

@@ -538,13 +538,13 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
     index = np.minimum(np.arange(groups * width), n - 1).reshape(groups, width)  # pad: repeat the last trial
     whole = groups == 1 and width == n  # one group of every trial: nothing to gather
     program = _compiled.program(_build_train_many, spec, 1, devices)
-    orders = _compiled.program(_build_orders, spec.batch_size, spec.sampling, int(x.shape[0]), devices)
     sharding = _trial_sharding(devices)
     group = jax.tree.map(lambda a: jax.ShapeDtypeStruct((width,) + a.shape[1:], a.dtype, sharding=sharding),
                          (trials.state, trials.hparams))
     order = jax.ShapeDtypeStruct((width, 1, int(x.shape[0]) // spec.batch_size, spec.batch_size), jnp.int32,
                                  sharding=sharding)
     _compiled.precompile(program, *group, x, y, sets, order)  # while the trials may still be initialising
+    orders = _Orders(trials.state, spec, int(x.shape[0]), width, epochs, devices, sharding)
     host = None if whole else _host_columns([(trials.state, trials.hparams)])
     states, records = [], []
     for g in range(groups):
@@ -553,8 +553,8 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
         else:
             state, hp = _put_rows(host, index[g], sharding)
         per_epoch = []
-        for _ in range(epochs):
-            state, record = program(state, hp, x, y, sets, orders(state.key, state.step))  # record: metric -> (width, 1)
+        for j in range(epochs):
+            state, record = program(state, hp, x, y, sets, orders(state, index[g], j))  # record: metric -> (width, 1)
             per_epoch.append(record)
         states.append(state)
         records.append(per_epoch)
@@ -565,6 +565,41 @@ def train_trials(trials: Trials, spec: Spec, train_data, *, epochs: int, validat
         v = np.concatenate([np.concatenate([r[k] for r in per_epoch], axis=1) for per_epoch in records])[:n]
         history[k] = np.concatenate([history[k], v], axis=1) if k in history else v  # (T, epochs so far)
     return Trials(state, trials.hparams, trials.seeds, history)
+
+
+class _Orders:
+    """The batch orders of a group's epochs, ``(width, 1, steps, batch_size)`` on the devices: with
+    NumPy (``_hostrandom``, bit for bit the trials' own) for JAX's default generator, for a block
+    of a group's epochs at once (NumPy's cost is per operation: epoch by epoch it was ~0.1 ms per
+    trial-epoch), uploaded one epoch at a time; otherwise in a one-off program
+    (:func:`_build_orders`, ~0.2 s of compiling in the benchmark's search)."""
+
+    MAX_DRAWS = 1 << 21  # indices per block
+
+    def __init__(self, state, spec: Spec, rows: int, width: int, epochs: int, devices: tuple, sharding):
+        self.rows, self.batch_size, self.replace = rows, spec.batch_size, spec.sampling == "replacement"
+        self.sharding, self.epochs = sharding, epochs
+        self.block = min(epochs, self.MAX_DRAWS // (width * rows))
+        self.host = self.block >= 1 and _hostrandom.partitionable_threefry(state.key)
+        if self.host:  # every trial's key and first epoch, fetched once
+            keys, steps = jax.device_get((jax.random.key_data(state.key), state.step))
+            self.keys, self.first = np.asarray(keys, np.uint32), np.asarray(steps) // (rows // spec.batch_size)
+            self.ready = None  # (trials, first epoch j of the block, orders (width, block, steps, batch))
+        else:
+            self.program = _compiled.program(_build_orders, spec.batch_size, spec.sampling, rows, devices)
+
+    def __call__(self, state, trials: np.ndarray, j: int):
+        """Epoch ``j`` of this call for the group of ``trials`` (indices), whose ``state`` it is."""
+        if not self.host:
+            return self.program(state.key, state.step)
+        ready = self.ready
+        if ready is None or not np.array_equal(ready[0], trials) or not ready[1] <= j < ready[1] + ready[2].shape[1]:
+            span = np.arange(j, min(j + self.block, self.epochs))
+            epochs = self.first[trials][:, None] + span  # (width, block)
+            keys = np.broadcast_to(self.keys[trials][:, None], epochs.shape + (2,))
+            ready = self.ready = (trials, j, _hostrandom.fit_epoch_indices(keys, epochs, self.rows, self.batch_size,
+                                                                           self.replace))
+        return jax.device_put(ready[2][:, j - ready[1]][:, None], self.sharding)
 
 
 def run_trials(key, spec: Spec, hparams: dict, train_data, *, epochs: int, validation=None, test=None,

@@ -46,6 +46,25 @@ def test_fit_epoch_indices_are_make_epochs(replace):
         assert got.dtype == np.int32 and got.shape == (15, 64)
 
 
+@pytest.mark.parametrize("replace,n", [(False, 400), (False, 1700), (True, 1000)])  # 1700: two rounds of sorting
+def test_a_batch_of_keys_draws_what_each_key_draws(replace, n):
+    """The sweeps draw a group of trials' batch orders at once: a batch of keys (and of epochs)
+    gives each key's own draws, which are the trials' programs' (train._epoch_order, vmapped)."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(9), i))(jnp.arange(6))
+    kd = np.asarray(jax.random.key_data(keys))
+    epochs = np.array([0, 1, 2, 7, 7, 40], np.uint32)
+    got = hr.fit_epoch_indices(kd, epochs, n, 100, replace)
+    assert got.shape == (6, n // 100, 100) and got.dtype == np.int32
+    for i in range(6):
+        np.testing.assert_array_equal(got[i], hr.fit_epoch_indices(kd[i], int(epochs[i]), n, 100, replace))
+    steps = jnp.asarray(epochs.astype(np.int32) * (n // 100))
+    sampling = "replacement" if replace else "epoch"
+    want = jax.vmap(lambda k, s: train._epoch_order(k, s, n, 100, sampling))(keys, steps)
+    np.testing.assert_array_equal(got, np.asarray(want))
+    np.testing.assert_array_equal(hr.split(kd, 3), np.asarray(jax.random.key_data(jax.vmap(
+        lambda k: jax.random.split(k, 3))(keys))))
+
+
 def test_supported_keys_only():
     assert hr.supported(jax.random.key(0)) and hr.supported(jax.random.PRNGKey(0))
     assert not hr.supported(jax.random.key(0, impl="rbg"))

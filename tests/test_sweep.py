@@ -38,6 +38,27 @@ def test_each_vmapped_trial_equals_training_it_alone(small):
         np.testing.assert_allclose(trials.history["val_acc"][i], alone.history["val_acc"], atol=0.0101)
 
 
+@pytest.mark.parametrize("sampling", ["epoch", "replacement"])
+def test_batch_orders_from_the_host_equal_the_order_program(small, monkeypatch, sampling):
+    """train_trials draws the groups' batch orders with NumPy (blocks of epochs); the one-off order
+    program (other generators, huge sets) gives the same trials to the bit, and so does a block
+    boundary mid-call."""
+    tr, va, _ = small
+    spec = SPEC._replace(sampling=sampling)
+    hp = {"learning_rate": [0.01, 0.05, 0.1], "momentum": [0.5, 0.9, 0.8]}
+    run = lambda: sweep.run_trials(jax.random.key(2), spec, hp, tr, epochs=3, validation=va, group_size=2)
+    host = run()
+    monkeypatch.setattr(sweep._Orders, "MAX_DRAWS", 2 * len(tr[0]) * 2)  # blocks of 2 epochs (2 trials per group)
+    blocks = run()
+    monkeypatch.setattr(sweep._Orders, "MAX_DRAWS", 0)
+    program = run()
+    for other in (blocks, program):
+        for k in host.history:
+            np.testing.assert_array_equal(host.history[k], other.history[k], err_msg=k)
+        for a, b in zip(jax.tree.leaves(host.state.params), jax.tree.leaves(other.state.params)):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_seed_only_sweep_and_continuation(small):
     tr, va, _ = small
     key = jax.random.key(0)
