@@ -8,10 +8,11 @@ Contract:
     them here, in one bounded LRU (:data:`MAX_PROGRAMS`); :func:`clear` empties it and
     :func:`info` counts builds, hits and misses (the tests read it).
   * :func:`once` ``(fn, *static)`` is for programs that run once per configuration
-    (initialisation, a run's batch draws): they are compiled without XLA's backend optimiser,
-    which takes longer than such a program runs (measured: a 7-layer MLP's initialisation
-    compiled in 1.8 s with it and 0.4-0.6 s without; its values differ by a few ulps, and are
-    the same as 0.4's, which compiled it the same way). Called with traced arguments (inside
+    (initialisation, a run's draws): on a CPU they are compiled at LLVM's first level without
+    XLA:CPU's (MLIR) fusion emitters (:func:`one_off_options`), which compiles them in about half
+    the time of XLA's defaults, runs them about as fast, and gives the defaults' values to the
+    bit (tested; level 0, used before, changed some by an ulp and ran the 100-trial search's
+    initial draws 3x slower). Called with traced arguments (inside
     the caller's ``jit`` or ``vmap``) it traces ``fn`` into the caller's program; with concrete
     arguments inside someone else's trace it still runs as its own program, its results
     constants of that trace (an executable compiled ahead of time, since JAX refuses compiler
@@ -34,13 +35,14 @@ __all__ = ["MAX_PROGRAMS", "ONE_OFF", "TRAINING", "clear", "info", "jit", "once"
            "program"]
 
 MAX_PROGRAMS = 256
-ONE_OFF = {"xla_backend_optimization_level": 0}  # compiler options of one-off programs, any platform
-# On a CPU, one-off programs are also compiled without XLA:CPU's (MLIR) fusion emitters: its older
-# emitters compiled them in about half the time (2-core CPU: a vmapped 400-row permutation 0.13 ->
-# 0.07 s, a search group's MLP draws 0.24 -> 0.12 s), and their values are the same to the bit
-# (tested against the programs compiled with the defaults). Training programs keep the fusion
-# emitters: without them an epoch compiled ~0.1 s faster but ran ~20% slower.
-_CPU_ONE_OFF = {**ONE_OFF, "xla_cpu_use_fusion_emitters": False}
+ONE_OFF = {"xla_backend_optimization_level": 0}  # compiler options of one-off programs off a CPU
+# On a CPU: XLA:CPU's older emitters at LLVM's first level. Measured on a 2-core CPU, against XLA's
+# defaults and the level-0 options used before (compile s / run s): the 104-trial search's MLP
+# draws (13.4M normals) 0.39 / 0.37 against 0.79 / 0.38 and 0.45 / 0.87; a 784-100-100-10 MLP's
+# initialisation 0.03-0.05 s. Values: the defaults' to the bit (uniforms, normals, initial
+# weights: tests/test_compiled.py), where level 0 moved some by an ulp (no fused multiply-add).
+# Training programs keep the fusion emitters: without them an epoch ran ~20% slower.
+_CPU_ONE_OFF = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 
 
 def one_off_options(platform: str | None = None) -> dict:
@@ -109,9 +111,8 @@ def _signature(leaves) -> tuple:
     return tuple((jax.typeof(a).shape, jax.typeof(a).dtype, getattr(a, "sharding", None)) for a in leaves)
 
 
-def once(fn: Callable, *args, static_argnums: tuple = (), options: dict | None = None) -> Any:
-    """``fn(*args)`` as a one-off program (see the module docstring); ``static_argnums`` as ``jax.jit``'s;
-    ``options``: compiler options other than :func:`one_off_options`."""
+def once(fn: Callable, *args, static_argnums: tuple = ()) -> Any:
+    """``fn(*args)`` as a one-off program (see the module docstring); ``static_argnums`` as ``jax.jit``'s."""
     static = tuple(args[i] for i in static_argnums)
     dynamic = [a for i, a in enumerate(args) if i not in static_argnums]
     leaves, treedef = jax.tree.flatten(dynamic)
@@ -119,12 +120,11 @@ def once(fn: Callable, *args, static_argnums: tuple = (), options: dict | None =
         return fn(*args)  # part of the caller's program
     # An executable compiled ahead of time runs on concrete arguments even inside someone else's
     # trace (its results become constants there), where JAX refuses a nested jit with options.
-    options = one_off_options() if options is None else options
-    key = (fn, tuple(static_argnums), static, treedef, _signature(leaves), tuple(sorted(options.items())))
+    key = (fn, tuple(static_argnums), static, treedef, _signature(leaves))
     executable = _executables.get(key)
     if executable is None:
         lowered = jax.jit(fn, static_argnums=static_argnums).lower(*args)
-        executable = lowered.compile(compiler_options=options)
+        executable = lowered.compile(compiler_options=one_off_options())
         _executables[key] = executable
         _counts["builds"] += 1
         if len(_executables) > MAX_PROGRAMS:

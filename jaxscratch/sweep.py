@@ -651,7 +651,7 @@ def _log_uniform(key, ranges: dict, n: int) -> dict:
     if _hostrandom.supported(key):  # the hashes with NumPy, the rest in one small program: ~0.4 s less compiling
         raw = _hostrandom.fold_in(_hostrandom.key_data(key), 1)
         bits = np.stack([_hostrandom.bits32(_hostrandom.fold_in(raw, i), n) for i in range(len(names))])
-        draws = _compiled.once(_log_uniform_of_bits, bits, bounds, options={})
+        draws = _compiled.once(_log_uniform_of_bits, bits, bounds)
     else:
         key = jax.random.fold_in(key, 1)
         draws = [10.0 ** jax.random.uniform(jax.random.fold_in(key, i), (n,), minval=lo, maxval=hi)
@@ -661,8 +661,8 @@ def _log_uniform(key, ranges: dict, n: int) -> dict:
 
 def _log_uniform_of_bits(bits, bounds) -> list:
     """``10 ** U(low, high)`` from ``jax.random.bits``' 32-bit words, row ``i`` for ``bounds[i]``:
-    ``jax.random.uniform``'s arithmetic, compiled with XLA's default options as that is (its
-    optimiser fuses the multiply-add; without it 52% of the values moved by an ulp)."""
+    ``jax.random.uniform``'s arithmetic (a one-off program: the multiply-add fused as in the
+    program ``jax.random.uniform`` compiles)."""
     floats = jax.lax.bitcast_convert_type((bits >> 9) | np.float32(1).view(np.uint32), jnp.float32) - 1.0
     lo, hi = bounds[:, :1], bounds[:, 1:]
     return list(10.0 ** jnp.maximum(lo, floats * (hi - lo) + lo))
