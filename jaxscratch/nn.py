@@ -191,7 +191,7 @@ def unit_normals(key, sizes: Sequence[int], dtype=jnp.float32) -> list[jax.Array
     ``jax.random.normal``'s (tested): on a CPU each call is a loop of its own that XLA compiles
     separately: a 7-layer MLP's draws for 16 trials (vmapped) traced and compiled in 0.27-0.30 s
     instead of 0.44-0.64 s, a 2-layer MLP's in 0.16-0.18 instead of 0.20 s (XLA level 0, 2-core
-    CPU). Other generators and dtypes take ``jax.random.normal`` itself."""
+    CPU, before one-off programs took their present options). Other generators and dtypes take ``jax.random.normal`` itself."""
     keys = jax.random.split(key, len(sizes) - 1)
     shapes = list(zip(sizes[:-1], sizes[1:]))
     counts = [n_in * n_out for n_in, n_out in shapes]
@@ -231,10 +231,9 @@ def _layers_from_normals(normals, weight_init, batchnorm) -> list[dict]:
     return params
 
 
-# Called eagerly, one compiled program per architecture (``_compiled.once``: XLA's optimiser adds
-# nothing to a one-off draw). Eagerly, each layer's normal draw compiled on its own (13 programs,
-# ~2.3 s on a 2-core CPU for 784-100-100-10). Drawing layers of one shape together (vmapped over
-# their keys) compiled faster but changed values by 1 ulp at this optimisation level: not done.
+# Called eagerly, one compiled program per architecture (``_compiled.once``, a one-off program).
+# Eagerly, each layer's normal draw compiled on its own (13 programs, ~2.3 s on a 2-core CPU for
+# 784-100-100-10).
 
 
 def init_bn_state(params) -> list[dict[str, jax.Array] | None]:

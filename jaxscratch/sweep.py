@@ -355,13 +355,12 @@ def _sharded(fn, devices: tuple, in_specs: tuple):
 
 
 # Initialisation runs once per sweep but, vmapped, took XLA 5-18 s to optimise on a 2-core CPU
-# (its random-number loops); as a one-off program (no backend optimisation) it compiles in under
-# 1 s, and its values change by a few ulps. (Initialising trial by trial with nn.init_mlp's
-# program compiles no faster and ran ~20 ms a trial.) The book's MLP draws its random numbers in
-# a program keyed on its sizes alone, shared by every spec of that architecture (batch norm or
-# not, any optimizer: the batch-norm grid's two specs, a search and its halving), and builds the
-# state in a second program without random numbers (a one-off program too: 0.34 s of the grid's
-# compiling with XLA's optimiser), which compiles in a fraction of the time.
+# (its random-number loops); as a one-off program (_compiled.one_off_options) it compiles in
+# well under 1 s, with the values XLA's defaults give. (Initialising trial by trial with
+# nn.init_mlp's program compiles no faster and ran ~20 ms a trial.) The book's MLP draws its
+# random numbers in a program keyed on its sizes alone, shared by every spec of that architecture
+# (batch norm or not, any optimizer: the batch-norm grid's two specs, a search and its halving),
+# and builds the state in a second, small program without random numbers.
 def _build_init_many(spec: Spec, devices: tuple):
     fn = jax.vmap(functools.partial(_init_one, spec), in_axes=(None, 0, 0))
     return jax.jit(_sharded(fn, devices, (False, True, True)), compiler_options=_compiled.one_off_options(devices[0].platform))
@@ -386,10 +385,10 @@ def _init_program(spec: Spec, devices: tuple):
     return lambda key, seeds, hp: states(*draws(key, seeds), hp)
 
 
-# train_trials draws each epoch's batch order in a one-off program of its own, shared by every
-# spec with the same batch size, sampling and rows: inside the trial program, the permutation's
+# The trial program takes each epoch's batch order as an argument: inside it, the permutation's
 # hash and sort took ~0.27 s of its ~1.2 s of compiling (2-core CPU, the search's 8-trial
-# program); on its own it compiles in ~0.07 s and runs in well under a millisecond per epoch.
+# program). train_trials computes the orders with NumPy (_Orders) or, for other generators, in
+# this one-off program, shared by every spec with the same batch size, sampling and rows.
 def _build_orders(batch_size: int, sampling: str, n: int, devices: tuple):
     spec = Spec(batch_size=batch_size, sampling=sampling)
     fn = jax.vmap(functools.partial(_order_one, spec, n))
