@@ -647,6 +647,8 @@ def _log_uniform(key, ranges: dict, n: int) -> dict:
             raise ValueError(f"range for {name} must satisfy 0 < low <= high (log-uniform); got ({lo}, {hi})")
     names = sorted(ranges)
     bounds = np.asarray([[math.log10(ranges[k][0]), math.log10(ranges[k][1])] for k in names], np.float32)
+    if not names:
+        return {}
     if _hostrandom.supported(key):  # the hashes with NumPy, the rest in one small program: ~0.4 s less compiling
         raw = _hostrandom.fold_in(_hostrandom.key_data(key), 1)
         bits = np.stack([_hostrandom.bits32(_hostrandom.fold_in(raw, i), n) for i in range(len(names))])
