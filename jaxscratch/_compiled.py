@@ -39,7 +39,7 @@ ONE_OFF = {"xla_backend_optimization_level": 0}  # compiler options of one-off p
 # On a CPU: XLA:CPU's older emitters at LLVM's first level. Measured on a 2-core CPU, against XLA's
 # defaults and the level-0 options used before (compile s / run s): the 104-trial search's MLP
 # draws (13.4M normals) 0.39 / 0.37 against 0.79 / 0.38 and 0.45 / 0.87; a 784-100-100-10 MLP's
-# initialisation 0.03-0.05 s. Values: the defaults' to the bit (uniforms, normals, initial
+# initialisation compiles in 0.08-0.09 s (0.03-0.05 s at level 0). Values: the defaults' to the bit (uniforms, normals, initial
 # weights: tests/test_compiled.py), where level 0 moved some by an ulp (no fused multiply-add).
 # Training programs keep the fusion emitters: without them an epoch ran ~20% slower.
 _CPU_ONE_OFF = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
