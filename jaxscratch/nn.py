@@ -191,7 +191,8 @@ def unit_normals(key, sizes: Sequence[int], dtype=jnp.float32) -> list[jax.Array
     ``jax.random.normal``'s (tested): on a CPU each call is a loop of its own that XLA compiles
     separately: a 7-layer MLP's draws for 16 trials (vmapped) traced and compiled in 0.27-0.30 s
     instead of 0.44-0.64 s, a 2-layer MLP's in 0.16-0.18 instead of 0.20 s (XLA level 0, 2-core
-    CPU, before one-off programs took their present options). Other generators and dtypes take ``jax.random.normal`` itself."""
+    CPU, before one-off programs took their present options). Other generators and dtypes take
+    ``jax.random.normal`` itself."""
     keys = jax.random.split(key, len(sizes) - 1)
     shapes = list(zip(sizes[:-1], sizes[1:]))
     counts = [n_in * n_out for n_in, n_out in shapes]

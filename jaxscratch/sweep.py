@@ -312,8 +312,8 @@ def _mlp_state(spec: Spec, k, normals, hp):
 
 def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets, orders=None):
     """``epochs`` epochs of one trial, then its metrics on ``eval_sets``, epoch by epoch. ``orders``
-    ``(epochs, steps, batch_size)``: the epochs' batch orders (:func:`_order_one`'s), or ``None``:
-    drawn here."""
+    ``(epochs, steps, batch_size)``: the epochs' batch orders (``train.make_epoch``'s, so a trial
+    equals ``fit`` run alone), or ``None``: drawn here."""
     model = _model(spec, hp)
     step = train.make_train_step(model, _optimizer(spec, hp), loss=spec.loss, use_weight_decay="weight_decay" in hp)
     run = train._steps_over(step)  # make_epoch's steps, given the batch order
@@ -321,7 +321,7 @@ def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets, orders=None)
 
     def body(state, order):
         if order is None:
-            order = _order_one(spec, x.shape[0], state.key, state.step)[0]
+            order = train._epoch_order(state.key, state.step, x.shape[0], spec.batch_size, spec.sampling)
         state, step_losses = run(state, x, y, hyper, order)
         record = {"train_loss": jnp.mean(step_losses)}
         for name, (xe, ye) in eval_sets.items():
@@ -332,11 +332,6 @@ def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets, orders=None)
 
     return jax.lax.scan(body, state, orders, length=epochs)
 
-
-def _order_one(spec: Spec, n: int, key, step):
-    """The batch order ``(1, steps, batch_size)`` of the epoch a trial's state (``key``, ``step``)
-    is at: ``train.make_epoch``'s, so a trial equals ``fit`` run alone."""
-    return train._epoch_order(key, step, n, spec.batch_size, spec.sampling)[None]
 
 
 def _trial_mesh(devices: tuple):
@@ -390,8 +385,7 @@ def _init_program(spec: Spec, devices: tuple):
 # program). train_trials computes the orders with NumPy (_Orders) or, for other generators, in
 # this one-off program, shared by every spec with the same batch size, sampling and rows.
 def _build_orders(batch_size: int, sampling: str, n: int, devices: tuple):
-    spec = Spec(batch_size=batch_size, sampling=sampling)
-    fn = jax.vmap(functools.partial(_order_one, spec, n))
+    fn = jax.vmap(lambda key, step: train._epoch_order(key, step, n, batch_size, sampling)[None])  # (1, steps, batch)
     return jax.jit(_sharded(fn, devices, (True, True)), compiler_options=_compiled.one_off_options(devices[0].platform))
 
 
