@@ -352,8 +352,16 @@ def _chunk_programs(model, task, update, *, chunk, batch_size, sampling, n, use_
 
 
 def _all_finite(params):
-    inexact = [p for p in jax.tree.leaves(params) if jnp.issubdtype(p.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in inexact])) if inexact else jnp.bool_(True)
+    """Whether every inexact leaf is finite, in few XLA fusions: ``x * 0`` is zero for a finite
+    ``x`` and NaN for an Inf or NaN, and a sum with a NaN is NaN in any order, so one product and
+    sum over the leaves concatenated (per dtype) tells. Checked per leaf (``isfinite`` then
+    ``all``), a 784-100-100-10 MLP's epoch compiled 11 more fusions, ~0.07 s of its ~0.5 s."""
+    by_dtype: dict = {}
+    for p in jax.tree.leaves(params):
+        if jnp.issubdtype(p.dtype, jnp.inexact):
+            by_dtype.setdefault(p.dtype, []).append(p.ravel())
+    sums = [jnp.sum(jnp.concatenate(flat) * 0) == 0 for flat in by_dtype.values()]
+    return jnp.all(jnp.stack(sums)) if sums else jnp.bool_(True)
 
 
 def _build_chunk_programs(model, task, update, chunk, batch_size, sampling, n, use_weight_decay, mask_leaves,

@@ -160,6 +160,40 @@ def test_divergence_stops_with_the_step_named(digits, key):
     assert seen == []  # nothing diverged was handed to the checkpoint callback
 
 
+@pytest.mark.parametrize("chunk_steps", [None, 4])
+def test_parameters_gone_non_finite_stop_the_run_when_every_loss_was_finite(digits, key, chunk_steps):
+    """The last step of epoch 2 writes an Inf into one weight: every loss of the epoch was
+    computed before it, so only the epoch program's check of the parameters can tell."""
+    _, (x, y), _ = digits
+    steps = len(x) // 100
+
+    def update(grads, count, params=None):
+        bad = count == 2 * steps - 1  # the last step of epoch 2
+        updates = jax.tree.map(lambda g: -0.01 * g, grads)
+        updates[0]["w"] = updates[0]["w"].at[3, 5].set(jnp.where(bad, jnp.inf, updates[0]["w"][3, 5]))
+        return updates, count + 1
+
+    opt = optim.Optimizer(lambda params: jnp.zeros((), jnp.int32), update)
+    seen = []
+    with pytest.raises(FloatingPointError, match=r"the parameters after epoch 2 \(step \d+\) hold a NaN or Inf"):
+        train.fit(key, nn.mlp_model((64, 32, 10)), opt, (x, y), epochs=3, batch_size=100, chunk_steps=chunk_steps,
+                  verbose=False, on_epoch=lambda e, r: seen.append(e))
+    assert seen == [1]
+
+
+def test_all_finite_checks_every_inexact_leaf_at_every_position():
+    tree = {"w": jnp.ones((30, 20)), "b": jnp.zeros(20), "h": jnp.ones(7, jnp.bfloat16),
+            "c": jnp.ones(3, jnp.complex64), "n": jnp.arange(3), "big": jnp.full(4, 3e38)}
+    check = jax.jit(train._all_finite)
+    assert bool(check(tree)) and bool(check({"n": jnp.arange(3)})) and bool(check({}))
+    for name in ("w", "b", "h", "c", "big"):
+        for at in (0, 2, -1):
+            for bad in (np.nan, np.inf, -np.inf):
+                leaf = np.array(tree[name])
+                leaf.reshape(-1)[at] = bad
+                assert not bool(check({**tree, name: jnp.asarray(leaf)})), (name, at, bad)
+
+
 def test_sets_with_mixed_label_formats_evaluate_as_their_labels_say(digits):
     """fit lays every set out in one array of chunks; one-hot validation labels beside integer
     training labels are evaluated exactly as integer ones (and the training is unchanged)."""
