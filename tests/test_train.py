@@ -32,6 +32,9 @@ def test_fit_on_digits_reaches_95_percent(digits):
     assert best_acc == pytest.approx(h["val_acc"].max(), abs=1e-6)
     # params given to fit are untouched (state buffers are donated inside fit)
     assert jnp.array_equal(params[0]["w"], nn.init_mlp(key, (64, 100, 100, 10))[0]["w"])
+    state = train.init_state(key, params, optim.adam(), nn.init_bn_state(params))
+    train.fit(key, model, optim.adam(), tr, epochs=1, batch_size=100, state=state, verbose=False)
+    assert not any(a.is_deleted() for a in jax.tree.leaves(state)) and not key.is_deleted()  # nor a state given
 
 
 def _run(epochs, state=None, best=None, history=None, tr=None, va=None, **kw):
