@@ -368,7 +368,8 @@ def _build_mlp_draws(sizes: tuple, devices: tuple):
 
 def _build_mlp_states(spec: Spec, devices: tuple):
     fn = jax.vmap(functools.partial(_mlp_state, spec))  # one product per weight: the same bits at any level
-    return jax.jit(_sharded(fn, devices, (True, True, True)), compiler_options=_compiled.one_off_options(devices[0].platform))
+    return jax.jit(_sharded(fn, devices, (True, True, True)),
+                   compiler_options=_compiled.one_off_options(devices[0].platform, one_op=True))
 
 
 def _init_program(spec: Spec, devices: tuple):
@@ -454,7 +455,8 @@ def _to_host(tree):
 
 
 def _hparams(hparams: dict) -> tuple[dict, int]:
-    arrays = {k: jnp.asarray(v, jnp.float32).reshape(-1) for k, v in hparams.items()}
+    # float32 on the host, then one transfer each (jnp.asarray compiled a conversion program)
+    arrays = {k: jax.device_put(np.asarray(v, np.float32).reshape(-1)) for k, v in hparams.items()}
     sizes = {k: v.shape[0] for k, v in arrays.items()}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"every hyperparameter needs one value per trial; got lengths {sizes}")
