@@ -47,6 +47,11 @@ def speed(w, js, peer, faster=None, at_most=None, winner=False):
         if not ok(ratio):
             detail += (f"; compile holds it back: running alone would be {fmt(run_ratio)}" if ok(run_ratio) else
                        f"; running holds it back (running alone: {fmt(run_ratio)})")
+        flops, peak = m[w].get("flops", {}).get(js), m.get("peaks", {}).get("jax")
+        if faster and flops and peak:  # what the hardware allows: the matmuls alone at the measured peak
+            floor, budget = flops / (peak * 1e9), pw / faster
+            detail += (f"; the goal allows {budget:.1f} s, the matmuls alone take {floor:.1f} s at the matmul peak"
+                       + (" (out of reach on this machine)" if floor > budget else ""))
         if not winner:
             return ok(ratio), detail
         acc, numpy = m["c"]["winner_val_acc"][js], m["c"]["winner_val_acc"]["numpy-serial"]
@@ -162,7 +167,7 @@ def diagnose(m, peaks) -> list[str]:
 def goals_lines(m, goals, peaks) -> list[str]:
     """The goals' table and where the time goes, as printed and as in RESULTS.md."""
     return (["## Goals (issue 12)", "", "Ratios of work time measured side by side in this run, cold processes.", ""]
-            + common.table(["goal", "verdict", "measured"], assess(m, goals), "<<<")
+            + common.table(["goal", "verdict", "measured"], assess(dict(m, peaks=peaks), goals), "<<<")
             + ["", "Where the time goes:", ""] + [f"- {d}" for d in diagnose(m, peaks)])
 
 
