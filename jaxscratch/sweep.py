@@ -330,6 +330,9 @@ def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets, orders=None)
                 record[f"{name}_eval_loss" if k == "loss" else f"{name}_{k}"] = v
         return state, record
 
+    if epochs == 1 and orders is not None:  # train_trials' calls: no loop of one epoch to trace and batch
+        state, record = body(state, orders[0])
+        return state, jax.tree.map(lambda v: v[None], record)
     return jax.lax.scan(body, state, orders, length=epochs)
 
 
