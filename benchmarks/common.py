@@ -39,10 +39,14 @@ def epoch_flops(sizes, batch: int, steps: int, evaluated: int) -> float:
 
 
 def best_interleaved(fns: dict, repeats: int, *, before=None) -> dict:
-    """name -> wall times, the functions called in turn A B C A B C ... ``repeats`` times."""
+    """name -> wall times, the functions called in turn ``repeats`` times, every other round in
+    reverse (A B C, C B A, A B C, ...), so that no implementation always runs right after the same
+    other one: in a fixed order (a)'s first JAX program always followed NumPy's matmuls, after
+    which both JAX programs ran 2-4% slower (measured in one process)."""
     times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            fn = fns[name]
             if before:
                 before()
             t = time.perf_counter()
