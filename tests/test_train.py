@@ -184,7 +184,9 @@ def test_parameters_gone_non_finite_stop_the_run_when_every_loss_was_finite(digi
     assert seen == [1]
 
 
-def test_all_finite_checks_every_inexact_leaf_at_every_position():
+@pytest.mark.parametrize("concat_max", [1 << 24, 100])  # the leaves concatenated, or summed one by one
+def test_all_finite_checks_every_inexact_leaf_at_every_position(monkeypatch, concat_max):
+    monkeypatch.setattr(train, "_FINITE_CONCAT_MAX", concat_max)
     tree = {"w": jnp.ones((30, 20)), "b": jnp.zeros(20), "h": jnp.ones(7, jnp.bfloat16),
             "c": jnp.ones(3, jnp.complex64), "n": jnp.arange(3), "big": jnp.full(4, 3e38)}
     check = jax.jit(train._all_finite)
