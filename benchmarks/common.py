@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import resource
 import subprocess
 import sys
@@ -39,13 +40,17 @@ def epoch_flops(sizes, batch: int, steps: int, evaluated: int) -> float:
 
 
 def best_interleaved(fns: dict, repeats: int, *, before=None) -> dict:
-    """name -> wall times, the functions called in turn ``repeats`` times, every other round in
-    reverse (A B C, C B A, A B C, ...), so that no implementation always runs right after the same
-    other one: in a fixed order (a)'s first JAX program always followed NumPy's matmuls, after
-    which both JAX programs ran 2-4% slower (measured in one process)."""
+    """name -> wall times, the functions called in turn ``repeats`` times: the first round in the
+    given order, each later one in a shuffled order (seeded: the same in every run), so that no
+    implementation always runs right after the same other one. In a fixed order (a)'s first JAX
+    program always followed NumPy's matmuls, after which both JAX programs ran 2-4% slower
+    (measured in one process)."""
     times = {k: [] for k in fns}
     for r in range(repeats):
-        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+        order = list(fns)
+        if r:
+            random.Random(r).shuffle(order)
+        for name in order:
             fn = fns[name]
             if before:
                 before()

@@ -330,7 +330,7 @@ def _train_one(spec: Spec, epochs: int, state, hp, x, y, eval_sets, orders=None)
                 record[f"{name}_eval_loss" if k == "loss" else f"{name}_{k}"] = v
         return state, record
 
-    if epochs == 1 and orders is not None:  # train_trials' calls: no loop of one epoch to trace and batch
+    if epochs == 1 and orders is not None and orders.shape[0] == 1:  # train_trials': no loop of one epoch
         state, record = body(state, orders[0])
         return state, jax.tree.map(lambda v: v[None], record)
     return jax.lax.scan(body, state, orders, length=epochs)
@@ -458,8 +458,12 @@ def _to_host(tree):
 
 
 def _hparams(hparams: dict) -> tuple[dict, int]:
-    # float32 on the host, then one transfer each (jnp.asarray compiled a conversion program)
-    arrays = {k: jax.device_put(np.asarray(v, np.float32).reshape(-1)) for k, v in hparams.items()}
+    arrays = {}
+    for k, v in hparams.items():  # float32 on the host, one transfer each (jnp.asarray compiled a cast)
+        raw = np.asarray(v)
+        if raw.dtype.kind not in "biuf":
+            raise TypeError(f"hyperparameter {k!r} must be numbers, one per trial; got {v!r}")
+        arrays[k] = jax.device_put(raw.astype(np.float32).reshape(-1))
     sizes = {k: v.shape[0] for k, v in arrays.items()}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"every hyperparameter needs one value per trial; got lengths {sizes}")

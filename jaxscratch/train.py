@@ -357,8 +357,9 @@ _FINITE_CONCAT_MAX = 1 << 24  # values per dtype checked in one concatenation (a
 def _all_finite(params):
     """Whether every inexact leaf is finite, in few XLA fusions: ``x * 0`` is zero for a finite
     ``x`` and NaN for an Inf or NaN, and a sum with a NaN is NaN in any order, so one product and
-    sum over the leaves concatenated (per dtype) tells. Checked per leaf (``isfinite`` then
-    ``all``), a 784-100-100-10 MLP's epoch compiled 11 more fusions, ~0.07 s of its ~0.5 s.
+    sum over the leaves concatenated (per dtype) tells. In a 784-100-100-10 MLP's epoch program
+    the check took 3 of 57 fusions; checked per leaf (``isfinite`` then ``all``), 11 of 65,
+    ~0.07 s more of its ~0.5 s of compiling.
     Larger models (over :data:`_FINITE_CONCAT_MAX` values of a dtype) are summed leaf by leaf,
     with no copy of their parameters."""
     by_dtype: dict = {}
@@ -397,9 +398,13 @@ _copy_program = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # one progra
 def _copy(tree):
     """New buffers holding ``tree``'s values, placed alike: where this process holds them all, a
     transfer with nothing to compile (the jitted copy is a program of its own, ~0.02 s of
-    compiling in every ``fit``); arrays spread over several processes take the program."""
-    if all(getattr(a, "is_fully_addressable", True) for a in jax.tree.leaves(tree)):
-        return jax.device_put(tree, may_alias=False)
+    compiling in every ``fit``); arrays spread over several processes take the program. Each
+    committed leaf is put on its own sharding: without one, ``device_put`` moved PRNG key arrays
+    to the default device, and a ``fit`` on a mesh compiled its epoch program twice."""
+    leaves, treedef = jax.tree.flatten(tree)
+    if all(getattr(a, "is_fully_addressable", True) for a in leaves):
+        placement = [a.sharding if getattr(a, "committed", False) else None for a in leaves]
+        return treedef.unflatten(jax.device_put(leaves, placement, may_alias=False))
     return _copy_program(tree)
 
 

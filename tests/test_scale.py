@@ -79,14 +79,20 @@ _MESH_SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 4, jax.devices()
     ds = data.load_digits()
     xt, yt, xv, yv = data.train_val_split(ds.x_train, ds.y_train, 0.1, seed=0)
-    out = {}
+    out = {"epoch_compiles": []}
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, d, fun_name="", **_: compiles.append(fun_name)
+        if event == "/jax/core/compile/backend_compile_duration" else None)
     for bn in (False, True):
         runs = []
         for mesh in (None, jax.sharding.Mesh(np.array(jax.devices()), ("data",))):
             params = nn.init_mlp(jax.random.key(0), (64, 64, 64, 10), batchnorm=bn)
             model = nn.mlp_model((64, 64, 64, 10), batchnorm=bn, drop_rate=0.1)
+            compiles.clear()
             r = train.fit(jax.random.key(1), model, optim.adam(1e-3), (xt, yt), epochs=3, batch_size=64,
                           validation=(xv, yv), params=params, weight_decay=1e-4, verbose=False, mesh=mesh)
+            out["epoch_compiles"].append(compiles.count("jit(epoch_fn)"))
             runs.append(r)
         single, sharded = runs
         w = sharded.state.params[0]["w"]
@@ -129,6 +135,7 @@ def test_fit_on_a_mesh_of_four_cpu_devices_equals_one_device():
         assert np.abs(np.subtract(r["val_mesh"], r["val_single"])).max() <= 0.01
         assert r["max_param_diff"] < 1e-2  # Adam amplifies float rounding a little over 60 steps
         assert r["replicated"] and r["n_devices"] == 4
+    assert out["epoch_compiles"] == [1, 1, 1, 1]  # each fit compiles its epoch program once, on a mesh too
     assert out["all_reduce"]  # the gradients are summed across devices
     assert "batch_size must be a multiple of the 4 devices" in out["error"]
 

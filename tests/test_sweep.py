@@ -201,6 +201,13 @@ def test_bad_sweeps(small, hp, match):
         sweep.run_trials(jax.random.key(0), SPEC, hp, tr, epochs=1, validation=va)
 
 
+@pytest.mark.parametrize("value", [[None, None], ["0.1", "0.2"], [0.1 + 1j, 0.2]])
+def test_hyperparameters_that_are_not_numbers_are_refused(value):
+    """None became NaN and strings were parsed by NumPy's cast: refused, naming the hyperparameter."""
+    with pytest.raises(TypeError, match=r"hyperparameter 'learning_rate' must be numbers, one per trial; got"):
+        sweep.init_trials(jax.random.key(0), SPEC, {"learning_rate": value})
+
+
 @pytest.mark.parametrize("seeds, err, match", [
     ([1.5, 2.0], TypeError, "seeds must be integers, one per trial; got float64"),
     ([True, False], TypeError, "seeds must be integers, one per trial; got bool"),
