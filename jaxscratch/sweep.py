@@ -461,7 +461,7 @@ def _hparams(hparams: dict) -> tuple[dict, int]:
     arrays = {}
     for k, v in hparams.items():  # float32 on the host, one transfer each (jnp.asarray compiled a cast)
         raw = np.asarray(v)
-        if raw.dtype.kind not in "biuf":
+        if not (raw.dtype == bool or jnp.issubdtype(raw.dtype, jnp.integer) or jnp.issubdtype(raw.dtype, jnp.floating)):
             raise TypeError(f"hyperparameter {k!r} must be numbers, one per trial; got {v!r}")
         arrays[k] = jax.device_put(raw.astype(np.float32).reshape(-1))
     sizes = {k: v.shape[0] for k, v in arrays.items()}

@@ -206,6 +206,8 @@ def test_hyperparameters_that_are_not_numbers_are_refused(value):
     """None became NaN and strings were parsed by NumPy's cast: refused, naming the hyperparameter."""
     with pytest.raises(TypeError, match=r"hyperparameter 'learning_rate' must be numbers, one per trial; got"):
         sweep.init_trials(jax.random.key(0), SPEC, {"learning_rate": value})
+    trials = sweep.init_trials(jax.random.key(0), SPEC, {"learning_rate": jnp.asarray([0.1, 0.3], jnp.bfloat16)})
+    assert trials.hparams["learning_rate"].dtype == jnp.float32  # numbers of any float dtype are cast
 
 
 @pytest.mark.parametrize("seeds, err, match", [
