@@ -655,7 +655,7 @@ def _log_uniform(key, ranges: dict, n: int) -> dict:
         return {}
     if _hostrandom.supported(key):  # the hashes with NumPy, the rest in one small program: ~0.4 s less compiling
         raw = _hostrandom.fold_in(_hostrandom.key_data(key), 1)
-        bits = np.stack([_hostrandom.bits32(_hostrandom.fold_in(raw, i), n) for i in range(len(names))])
+        bits = _hostrandom.bits32(_hostrandom.fold_in(raw, np.arange(len(names))), n)  # (names, n): one key each
         draws = _compiled.once(_log_uniform_of_bits, bits, bounds)
     else:
         key = jax.random.fold_in(key, 1)
